@@ -1,0 +1,81 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+from flask_cors import CORS
+
+from . import config, knowledge, logs, units
+from .assemble import FetchSettings
+from .fetch import RequestsTransport, Transport
+from .knowledge import KnowledgeBase
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class State:
+    """What the request handlers share: settings, the knowledge base, the fetch pool."""
+
+    settings: config.Settings
+    kb: KnowledgeBase
+    fetch: FetchSettings
+    clock: Clock
+
+
+def state() -> State:
+    return current_app.extensions["mm_cds"]
+
+
+def create_app(
+    settings: config.Settings | dict[str, Any] | None = None,
+    *,
+    kb: KnowledgeBase | None = None,
+    transport: Transport | None = None,
+    clock: Clock | None = None,
+) -> Flask:
+    """Build the service. Knowledge is loaded and validated here: a bad artifact raises
+    KnowledgeError and the service does not start."""
+    if not isinstance(settings, config.Settings):
+        settings = config.load(settings)
+    logs.configure(settings.log_level)
+    kb = kb or knowledge.load(settings.directories, settings.canonical_base)
+    units.warm_up()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    app.extensions["mm_cds"] = State(
+        settings=settings,
+        kb=kb,
+        fetch=FetchSettings(
+            transport=transport or RequestsTransport(),
+            executor=ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="fhir-fetch"),
+            timeout=settings.fetch_timeout,
+            max_pages=settings.fetch_max_pages,
+        ),
+        clock=clock or utc_now,
+    )
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        allow_headers=["Authorization", "Content-Type", "X-CDS-Explain"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
+    from . import errors_http, hooks_api
+
+    app.register_blueprint(hooks_api.bp)
+    errors_http.register(app)
+    return app

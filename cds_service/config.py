@@ -1,0 +1,80 @@
+"""Settings: embedded defaults, then an optional TOML file, then MM_CDS_* environment variables.
+
+    MM_CDS_CONFIG=path/to/settings.toml   the file (keys as in Settings, lower case)
+    MM_CDS_HOST, MM_CDS_PORT, MM_CDS_SITE_DIRS (':'-separated), MM_CDS_EXPLAIN=1,
+    MM_CDS_FETCH_TIMEOUT, MM_CDS_CANONICAL_BASE, MM_CDS_LOG_LEVEL, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_dirs() -> tuple[str, ...]:
+    return (str(ROOT / "plandefinitions"), str(ROOT / "valuesets"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    canonical_base: str = "https://myeloma-cds.example.org/fhir"
+    knowledge_dirs: tuple[str, ...] = field(default_factory=_default_dirs)
+    site_dirs: tuple[str, ...] = ()  # read after knowledge_dirs; same url replaces
+    fetch_timeout: float = 5.0  # seconds for all fetches of one call
+    fetch_workers: int = 16
+    fetch_max_pages: int = 20
+    explain_enabled: bool = False
+    cors_origins: tuple[str, ...] = ("*",)
+    max_request_bytes: int = 5 * 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        return tuple(self.knowledge_dirs) + tuple(self.site_dirs)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if kind.startswith("tuple"):
+            separator = os.pathsep if name.endswith("dirs") else ","
+            return tuple(v.strip() for v in value.split(separator) if v.strip())
+        if kind == "bool":
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def load(values: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from defaults < MM_CDS_CONFIG file < environment < explicit values."""
+    environ = dict(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    path = environ.get("MM_CDS_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            merged.update(tomllib.load(fh))
+    names = {f.name: f.type for f in fields(Settings)}
+    for name in names:
+        key = f"MM_CDS_{name.upper()}"
+        if key in environ:
+            merged[name] = environ[key]
+    merged.update(values or {})
+    unknown = sorted(set(merged) - set(names))
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    return Settings(**{k: _coerce(k, str(names[k]), v) for k, v in merged.items()})

@@ -1,0 +1,95 @@
+"""Every error the service raises on purpose, as one tree.
+
+    CdsError
+    ├── KnowledgeError            a knowledge artifact is invalid: start-up stops
+    │     .problems: list[Problem] (file, resource id, element, message)
+    ├── RequestError              the caller sent something we cannot use -> HTTP 4xx
+    │   ├── InvalidRequest        400: body or field invalid (names the field)
+    │   ├── ServiceNotFound       404: no service with that id
+    │   ├── PayloadTooLarge       413: body over the configured limit
+    │   └── DataUnavailable       412: required data neither prefetched nor fetchable
+    └── FetchError                one FHIR query failed (timeout, HTTP status, bad JSON);
+                                  caught by data assembly and turned into DataUnavailable
+
+Evaluation never raises for clinical data: a condition that errors counts as false and
+is recorded in the trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CdsError(Exception):
+    """Root of every error this package raises deliberately."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect in one knowledge artifact."""
+
+    file: str
+    resource: str  # "PlanDefinition/mm-tcell-order" or "" when the file did not parse
+    element: str  # FHIR element path or the FHIRPath expression at fault
+    message: str
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.resource:
+            parts.append(self.resource)
+        if self.element:
+            parts.append(self.element)
+        return ": ".join(parts) + f": {self.message}"
+
+
+class KnowledgeError(CdsError):
+    """The knowledge artifacts do not validate; the service must not start."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the knowledge artifacts:\n{lines}")
+
+
+class RequestError(CdsError):
+    """A problem with the caller's request; carries the HTTP status to answer with."""
+
+    status = 400
+    code = "invalid"  # OperationOutcome issue code
+
+    def __init__(self, message: str, field: str | None = None):
+        self.message = message
+        self.field = field
+        super().__init__(message)
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid"
+
+
+class ServiceNotFound(RequestError):
+    status = 404
+    code = "not-found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "too-costly"
+
+
+class DataUnavailable(RequestError):
+    status = 412
+    code = "incomplete"
+
+    def __init__(self, message: str, keys: list[str]):
+        self.keys = keys
+        super().__init__(message)
+
+
+class FetchError(CdsError):
+    """One FHIR query to the client's fhirServer failed."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)

@@ -1,0 +1,44 @@
+"""HTTP error answers: an OperationOutcome naming what was wrong, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .errors import DataUnavailable, RequestError
+
+log = logging.getLogger(__name__)
+
+
+def outcome(message: str, code: str = "invalid", fields: list[str] | None = None) -> dict:
+    issue = {"severity": "error", "code": code, "diagnostics": message}
+    if fields:
+        issue["expression"] = fields
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError):
+        fields = exc.keys if isinstance(exc, DataUnavailable) else ([exc.field] if exc.field else None)
+        g.error_field = exc.field
+        return jsonify(outcome(exc.message, exc.code, fields)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(exc.code or 500, "processing")
+        message = {
+            404: "no such endpoint",
+            405: "method not allowed on this endpoint",
+            413: f"request body larger than {app.config.get('MAX_CONTENT_LENGTH')} bytes",
+        }.get(exc.code or 500, exc.description or exc.name)
+        response = jsonify(outcome(message, code))
+        response.status_code = exc.code or 500
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.error("unhandled error", exc_info=exc, extra={"event": "error"})
+        return jsonify(outcome("internal error; the service log has the details", "exception")), 500
