@@ -1,0 +1,108 @@
+"""Fixtures (app, client, knowledge base) and the scenario collector.
+
+tests/scenarios/*.yaml are collected as test items: each scenario runs twice through
+the HTTP API, once with prefetch and once fetching from a loopback FHIR server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cds_service import config, knowledge
+from cds_service.app import create_app
+
+from .support.harness import Harness, Scenario, load_library
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def kb():
+    settings = config.load({})
+    return knowledge.load(settings.directories, settings.canonical_base)
+
+
+@pytest.fixture()
+def app(kb):
+    return create_app({"explain_enabled": True}, kb=kb, clock=lambda: NOW)
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+# -- scenarios ----------------------------------------------------------------------------
+_harness: Harness | None = None
+
+
+def harness(config) -> Harness:
+    global _harness
+    if _harness is None:
+        _harness = Harness()
+        config.add_cleanup(_harness.close)
+    return _harness
+
+
+def pytest_collect_file(parent, file_path: Path):
+    if file_path.suffix == ".yaml" and file_path.parent.name == "scenarios" and not file_path.name.startswith("_"):
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFile(pytest.File):
+    def collect(self):
+        raw = yaml.safe_load(self.path.read_text()) or {}
+        library = load_library()
+        defaults = raw.get("defaults") or {}
+        for entry in raw.get("scenarios") or []:
+            scenario = Scenario.from_yaml(entry, defaults, library)
+            for mode in scenario.modes:
+                yield ScenarioItem.from_parent(self, name=f"{scenario.name} [{mode}]", scenario=scenario, mode=mode)
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, scenario: Scenario, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        self.scenario, self.mode = scenario, mode
+
+    def runtest(self) -> None:
+        h = harness(self.config)
+        response = h.run(self.scenario, self.mode)
+        cards = {c["source"]["topic"]["code"]: c for c in response["cards"]}
+        problems = []
+        if set(cards) != self.scenario.expect:
+            problems.append(f"cards {sorted(cards)} != expected {sorted(self.scenario.expect)}")
+        for code, fragments in self.scenario.expect_detail.items():
+            detail = cards.get(code, {}).get("detail", "")
+            problems += [f"{code} detail lacks {f!r}" for f in fragments if f not in detail]
+        for code, labels in self.scenario.expect_suggestions.items():
+            got = [s["label"] for s in cards.get(code, {}).get("suggestions", [])]
+            if got != labels:
+                problems.append(f"{code} suggestions {got} != {labels}")
+        if self.mode == "fetch" and response["_fetched"] == 0 and self.scenario.chart:
+            problems.append("fetch mode made no request to the FHIR server")
+        if problems:
+            trace = h.run(self.scenario, self.mode, explain=True).get("extension", {})
+            raise ScenarioFailure(problems, trace)
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, ScenarioFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, 0, f"scenario: {self.name}"
+
+
+class ScenarioFailure(Exception):
+    def __init__(self, problems: list[str], trace: dict):
+        actions = trace.get("org.myeloma-cds.explain", {}).get("actions", [])
+        summary = json.dumps(actions, indent=1)[:6000]
+        super().__init__("\n".join(problems) + "\n--- trace (actions) ---\n" + summary)

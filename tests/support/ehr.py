@@ -1,0 +1,38 @@
+"""What an EHR does with a service's discovery: resolve prefetch templates, run them.
+
+Written apart from the service's own token code, as a second implementation: the
+scenario tests pass only if both read the templates the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from .fhir_server import FhirStore, run_query
+
+_TOKEN = re.compile(r"\{\{(.*?)\}\}")
+
+
+def resolve_token(token: str, context: dict, today: dt.date) -> str | None:
+    token = token.strip()
+    if token.startswith("context."):
+        value = context.get(token[len("context."):])
+        return value if isinstance(value, str) else None
+    m = re.fullmatch(r"today\(\)\s*(?:([+-])\s*(\d+)\s*days?)?", token)
+    if m:
+        delta = int(m.group(2) or 0) * (-1 if m.group(1) == "-" else 1)
+        return (today + dt.timedelta(days=delta)).isoformat()
+    raise AssertionError(f"the EHR does not understand the prefetch token {{{{{token}}}}}")
+
+
+def build_prefetch(templates: dict[str, str], context: dict, store: FhirStore, today: dt.date) -> dict:
+    """Prefetch as a conformant EHR sends it: a value per key, null when it has nothing."""
+    prefetch = {}
+    for key, template in templates.items():
+        values = [resolve_token(t, context, today) for t in _TOKEN.findall(template)]
+        if any(v is None for v in values):
+            continue  # cannot satisfy: the key is omitted
+        query = _TOKEN.sub(lambda m: resolve_token(m.group(1), context, today), template)
+        prefetch[key] = run_query(store, query)
+    return prefetch

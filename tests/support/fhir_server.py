@@ -1,0 +1,207 @@
+"""A small FHIR R4 server on loopback, for tests and benchmarks.
+
+It serves one in-memory chart: reads (Type/id) and searches with the parameters the
+service's prefetch templates use (patient, code, status, the date parameters with
+ge/gt/le/lt), paged with Bundle.link next. Unknown search parameters are refused with
+400, so a template the service should not send fails loudly. It requires a bearer token
+and records every request. `fault` lets a test make it slow, fail or misbehave.
+
+The search logic is written independently of the service's own filters on purpose:
+both must agree for the scenario tests to pass.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+# (resourceType, search parameter) -> element names holding the value (choice forms listed)
+DATE_ELEMENTS = {
+    ("Observation", "date"): ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"),
+    ("MedicationRequest", "authoredon"): ("authoredOn",),
+    ("MedicationAdministration", "effective-time"): ("effectiveDateTime", "effectivePeriod"),
+    ("MedicationStatement", "effective"): ("effectiveDateTime", "effectivePeriod"),
+    ("Procedure", "date"): ("performedDateTime", "performedPeriod"),
+    ("Condition", "onset-date"): ("onsetDateTime", "onsetPeriod"),
+    ("Condition", "recorded-date"): ("recordedDate",),
+    ("ServiceRequest", "authored"): ("authoredOn",),
+    ("Immunization", "date"): ("occurrenceDateTime",),
+    ("Encounter", "date"): ("period",),
+    ("AllergyIntolerance", "date"): ("recordedDate",),
+}
+CODE_ELEMENTS = {
+    "MedicationRequest": "medicationCodeableConcept",
+    "MedicationAdministration": "medicationCodeableConcept",
+    "MedicationStatement": "medicationCodeableConcept",
+    "Immunization": "vaccineCode",
+}
+TOKEN_ELEMENTS = {"status": "status", "category": "category", "clinical-status": "clinicalStatus",
+                  "verification-status": "verificationStatus", "vaccine-code": "vaccineCode", "class": "class",
+                  "intent": "intent"}
+
+
+@dataclass
+class Recorded:
+    path: str
+    query: str
+    authorization: str | None
+
+
+@dataclass
+class FhirStore:
+    resources: list[dict] = field(default_factory=list)
+
+    def read(self, kind: str, rid: str) -> dict | None:
+        for r in self.resources:
+            if r.get("resourceType") == kind and r.get("id") == rid:
+                return r
+        return None
+
+    def search(self, kind: str, params: list[tuple[str, str]]) -> list[dict]:
+        """Resources of `kind` matching every parameter; raises ValueError for unknown ones."""
+        result = [r for r in self.resources if r.get("resourceType") == kind]
+        for name, value in params:
+            if name in ("_count", "_sort"):
+                continue
+            result = [r for r in result if _matches(kind, r, name, value)]
+        return result
+
+
+def _matches(kind: str, resource: dict, name: str, value: str) -> bool:
+    if name in ("patient", "subject"):
+        ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
+        return ref in (value, f"Patient/{value}") or ref.endswith(f"/Patient/{value}")
+    if name == "_id":
+        return resource.get("id") in value.split(",")
+    if name == "code":
+        element = resource.get(CODE_ELEMENTS.get(kind, "code")) or {}
+        pairs = {(c.get("system"), c.get("code")) for c in element.get("coding", [])}
+        for token in value.split(","):
+            system, _, code = token.rpartition("|")
+            if (system or None, code) in pairs or (not system and any(c == code for _, c in pairs)):
+                return True
+        return False
+    if name in TOKEN_ELEMENTS:
+        element = resource.get(TOKEN_ELEMENTS[name])
+        if isinstance(element, str):
+            codes = {element}
+        elif isinstance(element, dict):
+            codes = {c.get("code") for c in element.get("coding", [])} | {element.get("code")}
+        else:
+            codes = set()
+        return bool(codes & set(value.split(",")))
+    if (kind, name) in DATE_ELEMENTS:
+        return _date_matches(resource, DATE_ELEMENTS[(kind, name)], value)
+    raise ValueError(f"unsupported search parameter '{name}' for {kind}")
+
+
+def _date_matches(resource: dict, elements: tuple[str, ...], value: str) -> bool:
+    prefix, date = (value[:2], value[2:]) if value[:2] in ("ge", "gt", "le", "lt", "eq") else ("eq", value)
+    for element in elements:
+        found = resource.get(element)
+        if isinstance(found, dict):
+            found = found.get("start") or found.get("end")
+        if isinstance(found, str):
+            day = found[:10]
+            target = date[:10]
+            return {"ge": day >= target, "gt": day > target, "le": day <= target,
+                    "lt": day < target, "eq": day == target}[prefix]
+    return False
+
+
+class FhirServer:
+    """Run a FhirStore over HTTP on 127.0.0.1 in a background thread."""
+
+    def __init__(self, store: FhirStore | None = None, token: str | None = "test-token", page_size: int = 50):
+        self.store = store or FhirStore()
+        self.token = token
+        self.page_size = page_size
+        self.requests: list[Recorded] = []
+        self.fault: Callable[[Request], Response | None] | None = None
+        self.delay: float = 0.0
+        self._lock = threading.Lock()
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FhirServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+
+    def reset(self, resources: list[dict] | None = None) -> None:
+        with self._lock:
+            self.store.resources = list(resources or [])
+            self.requests.clear()
+            self.fault = None
+            self.delay = 0.0
+
+    def _wsgi(self, environ, start_response):
+        request = Request(environ)
+        response = self._handle(request)
+        return response(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append(Recorded(request.path, request.query_string.decode(), request.headers.get("Authorization")))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fault is not None:
+            faulted = self.fault(request)
+            if faulted is not None:
+                return faulted
+        if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _outcome(401, "login", "missing or wrong bearer token")
+        parts = [p for p in request.path.split("/") if p][1:]  # drop "fhir"
+        if len(parts) == 2:
+            found = self.store.read(*parts)
+            return _json(found) if found else _outcome(404, "not-found", f"{parts[0]}/{parts[1]} not found")
+        if len(parts) == 1:
+            params = parse_qsl(request.query_string.decode(), keep_blank_values=True)
+            try:
+                matches = self.store.search(parts[0], params)
+            except ValueError as exc:
+                return _outcome(400, "not-supported", str(exc))
+            return _json(self._page(parts[0], matches, request))
+        return _outcome(404, "not-found", "unknown path")
+
+    def _page(self, kind: str, matches: list[dict], request: Request) -> dict:
+        offset = int(request.args.get("_offset", "0"))
+        page = matches[offset: offset + self.page_size]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
+                  "entry": [{"resource": r, "search": {"mode": "match"}} for r in page]}
+        if offset + self.page_size < len(matches):
+            query = [(k, v) for k, v in parse_qsl(request.query_string.decode(), keep_blank_values=True) if k != "_offset"]
+            query.append(("_offset", str(offset + self.page_size)))
+            from urllib.parse import urlencode
+
+            bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?{urlencode(query)}"}]
+        return bundle
+
+
+def _json(body: dict, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/fhir+json")
+
+
+def _outcome(status: int, code: str, text: str) -> Response:
+    return _json({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}, status)
+
+
+def run_query(store: FhirStore, relative: str) -> dict | None:
+    """What an EHR would put in a prefetch key for this (already resolved) query."""
+    split = urlsplit(relative)
+    parts = [p for p in split.path.split("/") if p]
+    if len(parts) == 2:
+        return store.read(*parts)
+    matches = store.search(parts[0], parse_qsl(split.query, keep_blank_values=True))
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
+            "entry": [{"resource": r} for r in matches]}
