@@ -173,10 +173,10 @@ class Compiler:
         selection = action.get("selectionBehavior")
         if action.get("action") and selection not in SELECTION:
             self._problem(f"{element}.selectionBehavior",
-                          f"must be one of {', '.join(SELECTION)} when the action has suggestions (was {selection!r})")
+                          f"must be one of {', '.join(SELECTION)} when the action has suggestions (was {selection or 'not given'})")
         reasons = self._override_reasons(action, element)
         if INDICATOR.get(priority) in ("warning", "critical") and not reasons:
-            self._problem(f"{element}.extension", f"a {priority} action needs override reasons "
+            self._problem(f"{element}.extension", f"an action with priority {priority} needs override reasons "
                           f"(extension {self.base}/StructureDefinition/override-reasons)")
         citations = self._citations(action, element)
         if len(self.problems) > before:
@@ -360,7 +360,7 @@ class Compiler:
         if not sort_paths:
             sort_paths = date_filters[0].paths if date_filters else DEFAULT_DATE_PATHS.get(kind, ())
         template = self._template(dr, kind, code_filters, date_filters, element)
-        empty = [cf.value_set.url for cf in code_filters if cf.is_empty and cf.value_set]
+        empty = [cf.value_set.url for cf in code_filters if cf.is_empty and cf.value_set is not None]
         if len(self.problems) > before:
             return None
         return DataRequirement(

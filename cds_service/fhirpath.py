@@ -188,13 +188,23 @@ def _days_since(inputs: list) -> Any:
     return (_scope.get().today - when).days
 
 
-_FUNCTIONS = process_user_invocation_table(
-    {
-        "memberOf": {"fn": _member_of, "arity": {1: ["String"]}},
-        "toUnit": {"fn": _to_unit, "arity": {1: ["String"]}},
-        "daysSince": {"fn": _days_since},
-    }
-)
+def _single(ctx: dict, inputs: list) -> list:
+    # fhirpathpy returns an error *value* here, which would compare and print silently.
+    if len(inputs) > 1:
+        raise EvaluationError(f"single() on {len(inputs)} items")
+    return inputs
+
+
+_FUNCTIONS = {
+    **process_user_invocation_table(
+        {
+            "memberOf": {"fn": _member_of, "arity": {1: ["String"]}},
+            "toUnit": {"fn": _to_unit, "arity": {1: ["String"]}},
+            "daysSince": {"fn": _days_since},
+        }
+    ),
+    "single": {"fn": _single},
+}
 
 
 class Environment(dict):

@@ -137,7 +137,8 @@ def _read_artifact(path: Path, raw: bytes, problems: list[Problem]) -> Artifact 
         return None
     if not isinstance(resource, dict) or resource.get("resourceType") not in KINDS:
         kind = resource.get("resourceType") if isinstance(resource, dict) else type(resource).__name__
-        problems.append(Problem(file, "", "resourceType", f"'{kind}' is not one of {', '.join(KINDS)}"))
+        label = f"{kind}/{resource.get('id', '?')}" if isinstance(resource, dict) else ""
+        problems.append(Problem(file, label, "resourceType", f"'{kind}' is not one of {', '.join(KINDS)}"))
         return None
     artifact = Artifact(resource, file)
     before = len(problems)

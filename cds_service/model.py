@@ -49,7 +49,7 @@ class DataRequirement:
     @property
     def query_signature(self) -> tuple:
         filters = sorted(
-            (cf.path, cf.value_set.url if cf.value_set else "", tuple(sorted(cf.codes, key=str)))
+            (cf.path, cf.value_set.url if cf.value_set is not None else "", tuple(sorted(cf.codes, key=str)))
             for cf in self.code_filters
         )
         return (self.type, tuple(filters))

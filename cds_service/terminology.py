@@ -72,6 +72,9 @@ class ExpandedValueSet:
     def __len__(self) -> int:
         return len(self.concepts)
 
+    def __bool__(self) -> bool:  # an empty value set is still a value set
+        return True
+
     def display(self, system: str, code: str) -> str | None:
         for concept in self.concepts:
             if concept.system == system and concept.code == code:

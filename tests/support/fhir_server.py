@@ -68,7 +68,7 @@ class FhirStore:
         """Resources of `kind` matching every parameter; raises ValueError for unknown ones."""
         result = [r for r in self.resources if r.get("resourceType") == kind]
         for name, value in params:
-            if name in ("_count", "_sort"):
+            if name in ("_count", "_sort", "_offset"):
                 continue
             result = [r for r in result if _matches(kind, r, name, value)]
         return result
@@ -126,6 +126,8 @@ class FhirServer:
         self.requests: list[Recorded] = []
         self.fault: Callable[[Request], Response | None] | None = None
         self.delay: float = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
@@ -144,10 +146,18 @@ class FhirServer:
             self.requests.clear()
             self.fault = None
             self.delay = 0.0
+            self.max_in_flight = 0
 
     def _wsgi(self, environ, start_response):
         request = Request(environ)
-        response = self._handle(request)
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            response = self._handle(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         return response(environ, start_response)
 
     def _handle(self, request: Request) -> Response:

@@ -1,0 +1,27 @@
+# make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
+# make test    run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test validate bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(BIN)/mm-cds serve
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+validate: $(VENV)/.installed
+	$(BIN)/mm-cds validate
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/hook_latency.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

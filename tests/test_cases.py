@@ -1,0 +1,65 @@
+"""Test cases kept as data (tests/cases/*.yaml), one file per area."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cds_service import fhirpath, prefetch
+from cds_service.fhirpath import Environment, Evaluator, Scope, plain
+from cds_service.terminology import ndc_product
+
+CASES = Path(__file__).parent / "cases"
+FP = yaml.safe_load((CASES / "fhirpath.yaml").read_text())
+TERM = yaml.safe_load((CASES / "terminology.yaml").read_text())
+PRE = yaml.safe_load((CASES / "prefetch.yaml").read_text())
+BASE = "https://myeloma-cds.example.org/fhir/ValueSet/"
+TODAY = dt.date(2026, 6, 15)
+
+
+@pytest.mark.parametrize("source", FP["reject"])
+def test_strict_parser_refuses(source):
+    with pytest.raises(fhirpath.FhirPathSyntaxError):
+        fhirpath.parse(source)
+
+
+@pytest.mark.parametrize("source", FP["accept"])
+def test_strict_parser_accepts(source):
+    assert fhirpath.parse(source).source == source
+
+
+@pytest.mark.parametrize("case", FP["evaluate"], ids=[c["name"] for c in FP["evaluate"]])
+def test_added_functions(case, kb):
+    scope = Scope(terminology=kb.terminology, today=TODAY)
+    env = Environment({k: v for k, v in case.items() if k not in ("name", "expression", "expect", "note")}, {})
+    result = plain(Evaluator(scope, None).run(fhirpath.parse(case["expression"]), env))
+    assert result == case["expect"]
+    if "note" in case:
+        assert any(case["note"] in n for n in scope.notes), scope.notes
+
+
+@pytest.mark.parametrize("code, product", TERM["ndc"].items())
+def test_ndc_forms(code, product):
+    assert ndc_product(code) == product
+
+
+@pytest.mark.parametrize("case", TERM["membership"], ids=lambda c: f"{c['valueSet']}:{c['code']}")
+def test_value_set_membership(case, kb):
+    vs = kb.terminology.get(BASE + case["valueSet"])
+    assert vs.contains(case["system"], case["code"]) is case["member"]
+
+
+@pytest.mark.parametrize("case", PRE["resolve"], ids=lambda c: c["template"])
+def test_token_resolution(case):
+    prefetch.check_template(case["template"])
+    context = {"patientId": "p1", "userId": "Practitioner/dr-1"}
+    assert prefetch.resolve(case["template"], context, TODAY) == case["expect"]
+
+
+@pytest.mark.parametrize("template", PRE["refuse"])
+def test_unsupported_tokens_are_refused(template):
+    with pytest.raises(prefetch.TemplateError):
+        prefetch.check_template(template)
