@@ -443,6 +443,12 @@ def _share_queries(requirements: list[DataRequirement]) -> list[DataRequirement]
             source = next((c for c in candidates if c.key != r.key and _covers(c, r)), None)
             if source is not None:
                 source_of[r.key] = source.key
+    by_template: dict[str, str] = {}
+    for r in requirements:  # identical queries (e.g. unfiltered by NDC code) share one key
+        if r.template and r.key not in source_of:
+            first = by_template.setdefault(r.template, r.key)
+            if first != r.key:
+                source_of[r.key] = first
     for key in list(source_of):  # follow chains to the widest query, so one fetch feeds all
         root = source_of[key]
         while root in source_of:
