@@ -1,35 +1,91 @@
-"""Command line: `mm-cds serve` runs the service; `mm-cds validate` checks the artifacts."""
+"""mm-cds: run, validate and document the service.
+
+    mm-cds serve                    run the CDS Hooks service
+    mm-cds validate                 validate every knowledge artifact (exit 1 with the problems)
+    mm-cds catalogue [--format F]   the recommendation catalogue, generated from the artifacts
+    mm-cds terminology check        unverified codes and concepts with no code (--strict: exit 1 if any)
+    mm-cds readme --update|--check  regenerate (or check) the README's generated sections
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from . import config, knowledge
+from . import catalogue, config, knowledge
 from .errors import KnowledgeError
+
+README = config.ROOT / "README.md"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mm-cds", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mm-cds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the CDS Hooks service")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     sub.add_parser("validate", help="validate every knowledge artifact")
+    cat = sub.add_parser("catalogue", help="print the recommendation catalogue")
+    cat.add_argument("--format", choices=("markdown", "html"), default="markdown")
+    term = sub.add_parser("terminology", help="terminology status")
+    term.add_argument("action", choices=("check", "status"))
+    term.add_argument("--strict", action="store_true", help="exit 1 while anything is unverified or unmapped")
+    readme = sub.add_parser("readme", help="the README's generated sections (shipped artifacts only)")
+    group = readme.add_mutually_exclusive_group(required=True)
+    group.add_argument("--update", action="store_true")
+    group.add_argument("--check", action="store_true")
+    readme.add_argument("--file", type=Path, default=README)
     args = parser.parse_args(argv)
-    if args.command == "validate":
-        return _validate()
-    return _serve(args)
+    handlers = {"validate": _validate, "serve": _serve, "catalogue": _catalogue, "terminology": _terminology, "readme": _readme}
+    return handlers[args.command](args)
 
 
-def _validate() -> int:
+def _load(shipped_only: bool = False) -> knowledge.KnowledgeBase:
     settings = config.load()
+    directories = settings.knowledge_dirs if shipped_only else settings.directories
+    return knowledge.load(directories, settings.canonical_base)
+
+
+def _validate(args: argparse.Namespace) -> int:
     try:
-        kb = knowledge.load(settings.directories, settings.canonical_base)
+        kb = _load()
     except KnowledgeError as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"ok: {len(kb.files)} files, {len(kb.plans)} PlanDefinitions, services: {', '.join(sorted(kb.services))}")
+    return 0
+
+
+def _catalogue(args: argparse.Namespace) -> int:
+    kb = _load()
+    print(catalogue.catalogue_html(kb) if args.format == "html" else catalogue.catalogue_markdown(kb))
+    return 0
+
+
+def _terminology(args: argparse.Namespace) -> int:
+    kb = _load()
+    if args.action == "status":
+        print(catalogue.terminology_markdown(kb))
+        return 0
+    text, open_items = catalogue.terminology_check_text(kb)
+    print(text)
+    print(f"\n{open_items} item(s) to confirm or map before go-live.")
+    return 1 if args.strict and open_items else 0
+
+
+def _readme(args: argparse.Namespace) -> int:
+    kb = _load(shipped_only=True)
+    text = args.file.read_text()
+    fresh = catalogue.render_readme(text, kb)
+    if args.check:
+        if fresh != text:
+            print(f"{args.file}: generated sections are stale; run `mm-cds readme --update`", file=sys.stderr)
+            return 1
+        print(f"{args.file}: generated sections are up to date")
+        return 0
+    args.file.write_text(fresh)
+    print(f"{args.file}: generated sections updated")
     return 0
 
 
