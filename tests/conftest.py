@@ -121,3 +121,20 @@ class ScenarioFailure(Exception):
         actions = trace.get("org.myeloma-cds.explain", {}).get("actions", [])
         summary = json.dumps(actions, indent=1)[:6000]
         super().__init__("\n".join(problems) + "\n--- trace (actions) ---\n" + summary)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster started for this test run. In CI it must start: no skipping."""
+    from .support.postgres import PostgresCluster, binaries
+
+    bindir = binaries()
+    if bindir is None:
+        message = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (.ci/run installs them)", pytrace=False)
+        pytest.skip(message)
+    cluster = PostgresCluster(bindir).start()
+    yield cluster
+    cluster.stop()
