@@ -137,6 +137,10 @@ class Database(Protocol):
 
     def transaction(self, conn: Any, schema_lock: bool = False, write: bool = True) -> ContextManager[Any]: ...
 
+    def transient(self, exc: Exception) -> bool:
+        """True when the failure is the database's state (down, busy), not the data's."""
+        ...
+
 
 class SqliteDatabase:
     name = "sqlite"
@@ -154,6 +158,9 @@ class SqliteDatabase:
 
     def sql(self, text: str) -> str:
         return text
+
+    def transient(self, exc: Exception) -> bool:
+        return isinstance(exc, (sqlite3.OperationalError, OSError))  # locked, disk full, I/O
 
     @contextlib.contextmanager
     def transaction(self, conn: sqlite3.Connection, schema_lock: bool = False,
@@ -185,6 +192,11 @@ class PostgresDatabase:
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
+
+    def transient(self, exc: Exception) -> bool:
+        import psycopg
+
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))
 
     @contextlib.contextmanager
     def transaction(self, conn: Any, schema_lock: bool = False, write: bool = True) -> Iterator[Any]:

@@ -37,6 +37,7 @@ class _Job:
     feedback: Sequence[FeedbackRow] = ()
     done: threading.Event = field(default_factory=threading.Event)
     new: int = 0  # feedback rows not seen before, once written
+    error: str | None = None  # the database refused these rows (see Writer._isolate)
 
 
 class Writer:
@@ -75,6 +76,8 @@ class Writer:
             raise StoreUnavailable("the feedback queue is full") from None
         if not job.done.wait(max(deadline - time.monotonic(), 0)):
             raise StoreUnavailable(f"the feedback database did not commit within {timeout:.0f} s")
+        if job.error:
+            raise RuntimeError(f"the feedback database refused the rows: {job.error}")  # a 500: our bug
         return job.new
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -91,14 +94,18 @@ class Writer:
             return
         flushed = self.flush(timeout)
         self._closing.set()
-        self._queue.put(None)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass  # the writer is stuck retrying; _closing makes it give up
         self._thread.join(timeout=1.0)
         if not flushed:
             log.error("feedback writer stopped with rows not written",
                       extra={"event": "feedback_unwritten", "queued": self._queue.qsize()})
 
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             first = self._queue.get()
             if first is None:
                 break
@@ -109,7 +116,7 @@ class Writer:
                 except queue.Empty:
                     break
                 if job is None:
-                    self._queue.put(None)  # stop after this batch
+                    stopping = True  # write this batch, then stop
                     break
                 batch.append(job)
             self._write(batch)
@@ -120,23 +127,44 @@ class Writer:
         delay = 0.2
         while True:
             try:
-                if self._conn is None:
-                    self._conn = self.db.connect()
-                with self.db.transaction(self._conn) as cur:
-                    feedback_db.insert_cards(self.db, cur, [r for job in batch for r in job.cards])
-                    news = [feedback_db.insert_feedback(self.db, cur, job.feedback) for job in batch]
-                break
-            except Exception as exc:  # the database is down or refused: retry, never drop
-                log.error("feedback database write failed; retrying",
-                          extra={"event": "feedback_db_error", "error": type(exc).__name__, "rows": len(batch)})
+                self._commit(batch)
+                return
+            except Exception as exc:
                 self._reset_connection()
+                if not self.db.transient(exc):
+                    self._isolate(batch, exc)
+                    return
+                # The database is down or busy: retry the same rows, never drop them.
+                log.error("feedback database write failed; retrying",
+                          extra={"event": "feedback_db_error", "error": type(exc).__name__, "jobs": len(batch)})
                 if self._closing.is_set():
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+
+    def _commit(self, batch: list[_Job]) -> None:
+        if self._conn is None:
+            self._conn = self.db.connect()
+        with self.db.transaction(self._conn) as cur:
+            feedback_db.insert_cards(self.db, cur, [r for job in batch for r in job.cards])
+            news = [feedback_db.insert_feedback(self.db, cur, job.feedback) for job in batch]
         for job, new in zip(batch, news):
             job.new = new
             job.done.set()
+
+    def _isolate(self, batch: list[_Job], exc: Exception) -> None:
+        """Rows the database refuses for what they hold (not for being down) would block
+        the queue forever if retried: write each job alone, and give up only the bad one."""
+        if len(batch) > 1:
+            for job in batch:
+                self._write([job])
+            return
+        job = batch[0]
+        job.error = type(exc).__name__
+        job.done.set()
+        log.error("rows refused by the feedback database; not stored",
+                  extra={"event": "feedback_rows_refused", "error": job.error, "cards": len(job.cards),
+                         "feedback": len(job.feedback)})
 
     def _reset_connection(self) -> None:
         try:

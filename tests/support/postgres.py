@@ -85,11 +85,12 @@ class PostgresCluster:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
     def new_database(self) -> str:
-        """A fresh empty database; its URL."""
+        """The URL of a fresh, empty place for tables: a schema of its own, first on the
+        search path (CREATE DATABASE costs half a second, a schema nothing)."""
         name = "t_" + uuid.uuid4().hex[:12]
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.url(name)
+            conn.execute(f"CREATE SCHEMA {name}")
+        return self.url() + f"?options=-csearch_path%3D{name}"
 
 
 def _unprivileged_user() -> pwd.struct_passwd:
