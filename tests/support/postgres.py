@@ -49,7 +49,9 @@ def _free_port() -> int:
 class PostgresCluster:
     def __init__(self, bindir: Path):
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="mm-cds-pg-"))
+        # /tmp, whatever TMPDIR says: the unprivileged user must reach it, and the server's
+        # socket path must stay under the 107-character limit.
+        self.root = Path(tempfile.mkdtemp(prefix="mm-cds-pg-", dir="/tmp"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = _free_port()
