@@ -50,7 +50,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
 
     def start(self) -> Writer:
-        """Creates or migrates the schema (ConfigurationError-worthy if it fails), then runs."""
+        """Creates or migrates the schema (raising if the database is unusable), then runs."""
         self._conn = self.db.connect()
         feedback_db.migrate(self.db, self._conn)
         self._thread.start()
@@ -75,7 +75,7 @@ class Writer:
         except queue.Full:
             raise StoreUnavailable("the feedback queue is full") from None
         if not job.done.wait(max(deadline - time.monotonic(), 0)):
-            raise StoreUnavailable(f"the feedback database did not commit within {timeout:.0f} s")
+            raise StoreUnavailable(f"the feedback database did not commit within {timeout:g} s")
         if job.error:
             raise RuntimeError(f"the feedback database refused the rows: {job.error}")  # a 500: our bug
         return job.new

@@ -12,8 +12,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from . import hooks
 from .app import state
 from .auth_http import may_explain
-from .feedback_db import card_rows
 from .errors import InvalidRequest, ServiceNotFound
+from .feedback_db import card_rows
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")

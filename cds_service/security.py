@@ -101,6 +101,8 @@ def load(settings: Settings) -> SecurityConfig:
                (("leeway", 60), ("max_lifetime", 3600), ("jwks_ttl", 300), ("jwks_timeout", 5),
                 ("jwks_refetch_interval", 30))}
     flags = {k: _flag(table, k, problems) for k in ("require_token", "allow_insecure")}
+    if settings.public_base_url and urlsplit(settings.public_base_url).scheme not in ("http", "https"):
+        problems.append(f"public_base_url: '{settings.public_base_url}' must be an http(s) URL (the JWT aud is built from it)")
     if problems:
         raise ConfigurationError("security configuration refused:\n" + "\n".join(f"  - {p}" for p in problems))
     loopback = is_loopback(settings.host)

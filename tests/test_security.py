@@ -296,6 +296,11 @@ def test_a_bad_security_table_stops_startup_naming_the_key(kb, table, message):
     assert message in str(refused.value)
 
 
+def test_a_public_base_url_without_scheme_stops_startup(kb):
+    with pytest.raises(ConfigurationError, match="public_base_url: 'cds.example.org' must be an http"):
+        make_app(kb, host="127.0.0.1", base="cds.example.org")
+
+
 def test_the_security_table_loads_from_the_settings_file(tmp_path, keys):
     (tmp_path / "ehr-jwks.json").write_text(json.dumps({"keys": [keys["ES384"].public_jwk()]}))
     (tmp_path / "settings.toml").write_text(f'''
