@@ -5,16 +5,18 @@
     mm-cds catalogue [--format F]   the recommendation catalogue, generated from the artifacts
     mm-cds terminology check        unverified codes and concepts with no code (--strict: exit 1 if any)
     mm-cds readme --update|--check  regenerate (or check) the README's generated sections
+    mm-cds feedback-report [--json] cards shown, accepted and overridden per recommendation
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from . import catalogue, config, knowledge
-from .errors import KnowledgeError
+from . import catalogue, config, feedback_db, feedback_report, knowledge
+from .errors import ConfigurationError, KnowledgeError
 
 README = config.ROOT / "README.md"
 
@@ -36,9 +38,30 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--update", action="store_true")
     group.add_argument("--check", action="store_true")
     readme.add_argument("--file", type=Path, default=README)
+    report = sub.add_parser("feedback-report", help="cards shown, accepted and overridden per recommendation")
+    report.add_argument("--json", action="store_true", help="JSON instead of a table")
+    report.add_argument("--database-url", help="postgresql://... (default: the database_url setting)")
+    report.add_argument("--data-dir", help="the SQLite folder (default: the data_dir setting)")
     args = parser.parse_args(argv)
-    handlers = {"validate": _validate, "serve": _serve, "catalogue": _catalogue, "terminology": _terminology, "readme": _readme}
+    handlers = {"validate": _validate, "serve": _serve, "catalogue": _catalogue, "terminology": _terminology,
+                "readme": _readme, "feedback-report": _feedback_report}
     return handlers[args.command](args)
+
+
+def _feedback_report(args: argparse.Namespace) -> int:
+    settings = config.load({k: v for k, v in (("database_url", args.database_url), ("data_dir", args.data_dir)) if v})
+    try:
+        db = feedback_db.open_database(settings.database_url, settings.data_dir)
+        reports = feedback_report.build(db)
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Exception as exc:  # the database cannot be reached or read: say so, no traceback
+        print(f"cannot read the feedback database: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(feedback_report.as_json(reports), indent=2) if args.json else feedback_report.as_table(reports))
+    return 0
 
 
 def _load(shipped_only: bool = False) -> knowledge.KnowledgeBase:
@@ -99,11 +122,17 @@ def _serve(args: argparse.Namespace) -> int:
     except KnowledgeError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except ConfigurationError as exc:
+        print(f"mm-cds: not starting: {exc}", file=sys.stderr)
+        return 2
     from werkzeug.serving import run_simple
 
     print(f"serving {len(app.extensions['mm_cds'].kb.services)} CDS services on "
           f"http://{settings.host}:{settings.port}/cds-services", file=sys.stderr)
-    run_simple(settings.host, settings.port, app, threaded=True, use_reloader=False)
+    try:
+        run_simple(settings.host, settings.port, app, threaded=True, use_reloader=False)
+    finally:
+        app.extensions["mm_cds"].feedback.close()  # what is queued reaches the database
     return 0
 
 
