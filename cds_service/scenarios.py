@@ -40,6 +40,11 @@ DEFAULT_FOLDER = ROOT / "tests" / "scenarios"
 SETTINGS_FILE = "_settings.yaml"
 PATIENT_FIELD = {"Immunization": "patient", "AllergyIntolerance": "patient"}
 DEFAULT_NOW = "2026-06-15T12:00:00Z"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ten times faster
+
+
+def read_yaml(path: Path) -> Any:
+    return yaml.load(Path(path).read_text(), Loader=_LOADER)
 
 
 @dataclass
@@ -166,7 +171,7 @@ def load_library(folder: Path = DEFAULT_FOLDER) -> dict[str, dict]:
     library: dict[str, dict] = {}
     for path in sorted(Path(folder).glob("_*.yaml")):
         if path.name != SETTINGS_FILE:
-            library.update(yaml.safe_load(path.read_text()) or {})
+            library.update(read_yaml(path) or {})
     return library
 
 
@@ -175,13 +180,13 @@ def folder_site_dirs(folder: Path) -> tuple[str, ...]:
     path = Path(folder) / SETTINGS_FILE
     if not path.is_file():
         return ()
-    settings = yaml.safe_load(path.read_text()) or {}
+    settings = read_yaml(path) or {}
     return tuple(str((Path(folder) / d).resolve()) for d in settings.get("site_dirs") or [])
 
 
 def load_file(path: Path, library: dict[str, dict] | None = None) -> list[Scenario]:
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     library = load_library(path.parent) if library is None else library
     defaults = raw.get("defaults") or {}
     return [Scenario.from_yaml(entry, defaults, library, str(path)) for entry in raw.get("scenarios") or []]
