@@ -64,6 +64,12 @@ def harness(config) -> Harness:
     return _harness
 
 
+@pytest.fixture(scope="session")
+def live(request) -> Harness:
+    """The scenario harness's servers (CDS service with explain, FHIR server), on loopback."""
+    return harness(request.config)
+
+
 def pytest_collect_file(parent, file_path: Path):
     if file_path.suffix == ".yaml" and file_path.parent.name == "scenarios" and not file_path.name.startswith("_"):
         return ScenarioFile.from_parent(parent, path=file_path)
