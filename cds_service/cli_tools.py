@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
 def load_kb(sites: list[str] | tuple[str, ...]) -> knowledge.KnowledgeBase:
     settings = config.load()
-    logs.configure("ERROR")  # the output is the report; a refusal is printed, not logged
+    # The output is the report; knowledge problems are printed. The process's own stderr, not a
+    # stand-in that may be gone by the next log line (a caller's capture).
+    logs.configure("ERROR", stream=sys.__stderr__)
     directories = tuple(dict.fromkeys(settings.directories + tuple(str(Path(s).resolve()) for s in sites)))
     return knowledge.load(directories, settings.canonical_base)
 
