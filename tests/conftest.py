@@ -52,6 +52,17 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture()
+def loopback_service(kb):
+    """start(explain) -> base URL of the service on loopback with a real clock (stopped after)."""
+    from contextlib import ExitStack
+
+    from .support.loopback import serving
+
+    with ExitStack() as stack:
+        yield lambda explain: stack.enter_context(serving(create_app({"explain_enabled": explain}, kb=kb)))
+
+
 # -- scenarios ----------------------------------------------------------------------------
 _harness: Harness | None = None
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from cds_service import cli, create_app, scenarios
+from cds_service import cli, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = scenarios.DEFAULT_FOLDER
@@ -80,26 +78,8 @@ def test_explain_a_scenario_in_process(capsys, own_folder):
     assert "not fired  SEQ-1" in out
 
 
-@pytest.fixture()
-def running(kb):
-    """The service on loopback with a real clock, explain enabled or not."""
-    servers = []
-
-    def start(explain: bool) -> str:
-        app = create_app({"explain_enabled": explain}, kb=kb)
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append((server, app))
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server, app in servers:
-        server.shutdown()
-        app.extensions["mm_cds"].feedback.close()
-
-
-def test_explain_against_a_running_service_and_from_a_request_file(capsys, running, tmp_path, kb):
-    url = running(True)
+def test_explain_against_a_running_service_and_from_a_request_file(capsys, loopback_service, tmp_path, kb):
+    url = loopback_service(True)
     code, out, _ = run(capsys, "explain", str(FOLDER / "seq-1.yaml"), "SEQ-1 fires for a first teclistamab order",
                        "--url", url)
     assert code == 0, out
@@ -120,7 +100,7 @@ def test_explain_against_a_running_service_and_from_a_request_file(capsys, runni
     strip_now = lambda text: re.sub(r"now \S+", "", text)  # noqa: E731
     assert strip_now(remote) == strip_now(local)
     # a service without explain: cards, and why there is no trace
-    code, out, _ = run(capsys, "explain", "--request", str(request), "--url", running(False))
+    code, out, _ = run(capsys, "explain", "--request", str(request), "--url", loopback_service(False))
     assert code == 0 and "cards: SEQ-1" in out and "explain enabled (MM_CDS_EXPLAIN_ENABLED=1)" in out
 
 

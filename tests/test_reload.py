@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from cds_service import create_app, scenarios
 from cds_service.inprocess import scenario_request
+
+from .support.loopback import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "Consider CAR-T cell therapy before a bispecific antibody"
@@ -105,35 +106,31 @@ def mm_cds_reload(base: str) -> subprocess.CompletedProcess:
 def test_reload_command_serves_the_edit_refuses_a_broken_one_and_drops_nothing(knowledge_copy, caplog):
     plan_dir, vs_dir = knowledge_copy
     app = create_app({"knowledge_dirs": (str(plan_dir), str(vs_dir)), "site_dirs": ()})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    hammer = Hammer(f"{base}/cds-services/mm-tcell-order-sign", order_sign_body(app.extensions["mm_cds"].kb))
-    try:
-        hammer.wait_for(TITLE)
-        edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
-        started = time.monotonic()
-        done = mm_cds_reload(base)
-        reloaded = time.monotonic()
-        assert done.returncode == 0 and done.stdout.startswith("reloaded: "), done
-        hammer.wait_for(EDITED)
+    with serving(app) as base:
+        hammer = Hammer(f"{base}/cds-services/mm-tcell-order-sign", order_sign_body(app.extensions["mm_cds"].kb))
+        try:
+            hammer.wait_for(TITLE)
+            edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
+            started = time.monotonic()
+            done = mm_cds_reload(base)
+            reloaded = time.monotonic()
+            assert done.returncode == 0 and done.stdout.startswith("reloaded: "), done
+            hammer.wait_for(EDITED)
 
-        edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
-        refused_at = time.monotonic()
-        done = mm_cds_reload(base)
-        refused_done = time.monotonic()
-        assert done.returncode == 1
-        err = done.stderr
-        assert "refused: the knowledge does not validate; the previous knowledge keeps serving" in err
-        assert "PlanDefinition-mm-tcell.json: PlanDefinition/mm-tcell:" in err and "does not parse" in err
-        time.sleep(0.5)
-        count_after = len(hammer.answers)
-        hammer.wait_for(EDITED)  # the previous (edited, valid) knowledge keeps serving
-        answers = hammer.finish()
-    finally:
-        hammer.stop.set()
-        server.shutdown()
-        app.extensions["mm_cds"].feedback.close()
+            edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
+            refused_at = time.monotonic()
+            done = mm_cds_reload(base)
+            refused_done = time.monotonic()
+            assert done.returncode == 1
+            err = done.stderr
+            assert "refused: the knowledge does not validate; the previous knowledge keeps serving" in err
+            assert "PlanDefinition-mm-tcell.json: PlanDefinition/mm-tcell:" in err and "does not parse" in err
+            time.sleep(0.5)
+            count_after = len(hammer.answers)
+            hammer.wait_for(EDITED)  # the previous (edited, valid) knowledge keeps serving
+            answers = hammer.finish()
+        finally:
+            hammer.stop.set()
     assert [a for a in answers if a[1] != 200] == []
     assert len(hammer.during(started, reloaded)) > 0 and len(hammer.during(refused_at, refused_done)) > 0
     assert len(answers) > count_after

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from cds_service import create_app, scenarios
+from cds_service import scenarios
 
 CHROMIUM = os.environ.get("MM_CDS_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags a closed network refuses chromium's own calls.
@@ -34,24 +32,6 @@ def browser(tmp_path_factory):
         context.close()
 
 
-@pytest.fixture()
-def serve(kb):
-    """The service on loopback, real clock (the page moves scenario dates to today)."""
-    running = []
-
-    def start(explain: bool) -> str:
-        app = create_app({"explain_enabled": explain}, kb=kb)
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        running.append((server, app))
-        return f"http://127.0.0.1:{server.server_port}/"
-
-    yield start
-    for server, app in running:
-        server.shutdown()
-        app.extensions["mm_cds"].feedback.close()
-
-
 def title_of(kb, code: str, hook: str) -> str:
     return next(a.title for p in kb.plans.values() for a in p.actions if a.code["code"] == code and hook in a.hooks)
 
@@ -64,9 +44,9 @@ def choose_and_send(page, name: str) -> None:
     page.wait_for_function("document.getElementById('status').textContent.includes('card(s) from')")
 
 
-def test_catalogue_and_try_it_in_a_real_browser(browser, serve, kb, tmp_path):
+def test_catalogue_and_try_it_in_a_real_browser(browser, loopback_service, kb, tmp_path):
     page = browser.new_page()
-    page.goto(serve(True))
+    page.goto(loopback_service(True) + "/")
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
     # the catalogue lists every recommendation code
     shown = set(page.locator("#catalogue table tbody tr td:first-child").all_inner_texts())
@@ -91,9 +71,9 @@ def test_catalogue_and_try_it_in_a_real_browser(browser, serve, kb, tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
 
-def test_the_page_says_when_explain_is_off(browser, serve):
+def test_the_page_says_when_explain_is_off(browser, loopback_service):
     page = browser.new_page()
-    page.goto(serve(False))
+    page.goto(loopback_service(False) + "/")
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
     assert "MM_CDS_EXPLAIN_ENABLED=1" in page.locator("#explain-off").inner_text()
     choose_and_send(page, "SEQ-1 fires for a first teclistamab order")
