@@ -37,7 +37,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from . import units
+from . import fhirpath_speedups, units
 from .fhirdata import codings, parse_date
 from .terminology import Terminology
 
@@ -248,6 +248,10 @@ _FUNCTIONS = {
 }
 
 
+fhirpath_speedups.install()
+_REGISTRY = fhirpath_speedups.registry_for(_FUNCTIONS)
+
+
 class Environment(dict):
     """FHIRPath %variables; named expressions are evaluated on first use, then kept.
 
@@ -296,7 +300,8 @@ class Evaluator:
         token = _scope.set(self.scope)
         try:
             constants.reset()
-            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS}
+            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
+                   "registry": _REGISTRY}
             return arraify(do_eval(ctx, self.root, expr.ast["children"][0]))
         except EvaluationError:
             raise
