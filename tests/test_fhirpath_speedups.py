@@ -44,7 +44,7 @@ def _stable(response: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def state():
-    app = create_app({"explain_enabled": True, "site_dirs": (str(EXAMPLE_SITE),), "log_level": "ERROR"})
+    app = create_app({"explain_enabled": True, "site_dirs": (str(EXAMPLE_SITE),)})
     return app.extensions["mm_cds"]
 
 
