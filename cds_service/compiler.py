@@ -432,15 +432,18 @@ def _share_queries(requirements: list[DataRequirement]) -> list[DataRequirement]
 
     One prefetch key and one fetch then serve both: "prior exposure" and "exposure in
     the last 6 months" cost the EHR a single query, as do IgG in 30 and in 60 days.
+    Where two requirements hold the same data, the one written first keeps the key.
     """
     from dataclasses import replace
 
+    order = {r.key: i for i, r in enumerate(requirements)}
     candidates = [r for r in requirements if r.template and not r.limit and _window(r) is not False]
-    candidates.sort(key=lambda r: (_window(r) is not None, -(_window(r) or 0), r.key))  # widest first
+    candidates.sort(key=lambda r: (_window(r) is not None, -(_window(r) or 0), order[r.key]))  # widest first
     source_of: dict[str, str] = {}
     for r in requirements:
         if r.template:
-            source = next((c for c in candidates if c.key != r.key and _covers(c, r)), None)
+            source = next((c for c in candidates if c.key != r.key and _covers(c, r, order)
+                           and (order[c.key] < order[r.key] or not _covers(r, c, order))), None)
             if source is not None:
                 source_of[r.key] = source.key
     by_template: dict[str, str] = {}
@@ -468,13 +471,26 @@ def _window(r: DataRequirement) -> int | None | bool:
     return False
 
 
-def _covers(source: DataRequirement, r: DataRequirement) -> bool:
-    """Whether the source's data holds all of r's (same query, a window at least as wide)."""
-    if source.query_signature != r.query_signature:
+def _covers(source: DataRequirement, r: DataRequirement, order: dict[str, int]) -> bool:
+    """Whether the source's data holds all of r's: same type, every source filter matched
+    by one of r's at least as narrow (r may add filters), a window at least as wide."""
+    if source.type != r.type or not all(any(_narrower(mine, theirs) for mine in r.code_filters)
+                                        for theirs in source.code_filters):
         return False
+    first = order[source.key] < order[r.key]
     wide, narrow = _window(source), _window(r)
     if wide is None:
-        return narrow is not None or source.key < r.key
+        return narrow is not None or source.query_signature != r.query_signature or first
     if narrow is None or narrow is False or source.date_filters[0].paths != r.date_filters[0].paths:
         return False
-    return wide > narrow or (wide == narrow and source.key < r.key)
+    return wide > narrow or (wide == narrow and first)
+
+
+def _narrower(mine: CodeFilter, theirs: CodeFilter) -> bool:
+    if mine.path != theirs.path:
+        return False
+    if theirs.value_set is not None:
+        if mine.value_set is None:
+            return all(system and theirs.value_set.contains(system, code) for system, code in mine.codes)
+        return all(theirs.value_set.contains(c.system, c.code) for c in mine.value_set.concepts)
+    return mine.value_set is None and bool(mine.codes) and mine.codes <= theirs.codes

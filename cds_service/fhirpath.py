@@ -37,7 +37,8 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from . import units
+from . import fhirpath_speedups, units
+from .fhirpath_compile import compile_ast
 from .fhirdata import codings, parse_date
 from .terminology import Terminology
 
@@ -57,10 +58,11 @@ class _RaiseOnError(ErrorListener):
 
 @dataclass(frozen=True)
 class Expression:
-    """A FHIRPath expression parsed once; evaluate it with `Evaluator.run`."""
+    """A FHIRPath expression parsed (and compiled) once; evaluate it with `Evaluator.run`."""
 
     source: str
     ast: dict = field(repr=False, compare=False)
+    compiled: Callable | None = field(default=None, repr=False, compare=False)
     variables: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
     value_sets: tuple[str, ...] = ()  # literal arguments of memberOf()
@@ -88,6 +90,7 @@ def parse(source: str) -> Expression:
     return Expression(
         source=source,
         ast=ast,
+        compiled=compile_ast(ast, _REGISTRY),
         variables=frozenset(names),
         functions=frozenset(functions),
         value_sets=tuple(_literal_arg(node) for fn, node in calls if fn == "memberOf" and _literal_arg(node)),
@@ -248,6 +251,11 @@ _FUNCTIONS = {
 }
 
 
+fhirpath_speedups.install()
+_REGISTRY = fhirpath_speedups.registry_for(_FUNCTIONS)
+COMPILED = True  # False: fhirpathpy interprets the AST (the equivalence test compares both)
+
+
 class Environment(dict):
     """FHIRPath %variables; named expressions are evaluated on first use, then kept.
 
@@ -296,7 +304,10 @@ class Evaluator:
         token = _scope.set(self.scope)
         try:
             constants.reset()
-            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS}
+            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
+                   "registry": _REGISTRY}
+            if COMPILED and expr.compiled is not None:
+                return arraify(expr.compiled(ctx, self.root))
             return arraify(do_eval(ctx, self.root, expr.ast["children"][0]))
         except EvaluationError:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from cds_service import config, knowledge
 
@@ -21,6 +22,7 @@ def write(directory, name, resource):
 
 
 def test_a_site_value_set_replaces_the_shipped_companion_and_is_logged(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="cds_service.knowledge")
     site = tmp_path / "site"
     write(site, "linvo.json", {"resourceType": "ValueSet", "id": "linvoseltamab-site", "url": f"{B}/ValueSet/linvoseltamab-site",
                                "status": "active", "compose": {"include": [{"system": "urn:local", "concept": [{"code": "LINVO"}]}]}})
