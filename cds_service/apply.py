@@ -44,8 +44,11 @@ def parameters(body: Any) -> dict[str, list[dict]]:
     """Parameters.parameter grouped by name; 400 unless the body is a Parameters resource."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidRequest("(body): must be a FHIR Parameters resource", field="(body)")
+    given = body.get("parameter") or []
+    if not isinstance(given, list):
+        raise InvalidRequest("Parameters.parameter: must be an array", field="Parameters.parameter")
     grouped: dict[str, list[dict]] = {}
-    for i, param in enumerate(body.get("parameter") or []):
+    for i, param in enumerate(given):
         if not isinstance(param, dict) or not isinstance(param.get("name"), str):
             raise InvalidRequest(f"Parameters.parameter[{i}]: must have a name", field=f"Parameters.parameter[{i}]")
         grouped.setdefault(param["name"], []).append(param)
@@ -80,6 +83,8 @@ def _bundle(params: dict[str, list[dict]], name: str) -> list[dict]:
     resource = found[0].get("resource")
     if len(found) > 1 or not isinstance(resource, dict) or resource.get("resourceType") != "Bundle":
         raise InvalidRequest(f"Parameters.{name}: must be one Bundle (parameter.resource)", field=name)
+    if not isinstance(resource.get("entry") or [], list):
+        raise InvalidRequest(f"Parameters.{name}: Bundle.entry must be an array", field=name)
     return bundle_resources(resource)
 
 

@@ -170,6 +170,11 @@ def test_type_level_apply_by_url(live):
                                                   {"name": "practitioner", "valueString": "Practitioner/x"},
                                                   {"name": "data", "valueString": "x"}]},
      400, "Parameters.data: must be one Bundle"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "subject", "valueString": "Patient/p1"},
+                                                  {"name": "practitioner", "valueString": "Practitioner/x"},
+                                                  {"name": "data", "resource": {"resourceType": "Bundle", "entry": 5}}]},
+     400, "Parameters.data: Bundle.entry must be an array"),
+    ({"resourceType": "Parameters", "parameter": 5}, 400, "Parameters.parameter: must be an array"),
 ])
 def test_bad_parameters_are_400_operation_outcomes(client, body, status, says):
     response = client.post("/fhir/PlanDefinition/mm-tcell/$apply", json=body)
