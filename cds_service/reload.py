@@ -15,12 +15,22 @@ Triggers:
                           grant it; the JWT check is not what guards it (auth_http exempts it).
 Why an HTTP call for the command rather than a pid file and a signal: a signal cannot carry
 the refusal back, and `mm-cds reload` must print why an edit was refused.
+
+Under gunicorn every worker holds its own knowledge, and with preload_app the workers are
+forked from the master's app, so the master is what must reload. Two gunicorn hooks
+(set them in the gunicorn configuration: `when_ready = reload.gunicorn_when_ready`,
+`on_reload = reload.gunicorn_on_reload`) make `kill -HUP <master>` and `mm-cds reload` reach
+every worker: on SIGHUP the master reloads (or refuses, logging why) before gunicorn forks
+the new workers and retires the old ones gracefully; the admin call, answered by one
+worker, validates the knowledge there (reporting a refusal) and, when it is sound,
+signals the master.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from . import config, knowledge
 from .errors import KnowledgeError, RequestError
@@ -93,6 +103,28 @@ def install_sighup(app: Flask) -> None:
     signal.signal(signal.SIGHUP, on_hup)
 
 
+MASTER_PID = "mm_cds_master_pid"  # app.extensions key: set in a gunicorn master (when_ready)
+
+
+def gunicorn_when_ready(server: Any) -> None:
+    """gunicorn hook, in the master before the workers fork: they will signal it to reload."""
+    server.app.wsgi().extensions[MASTER_PID] = os.getpid()
+
+
+def gunicorn_on_reload(server: Any) -> None:
+    """gunicorn hook, in the master on SIGHUP before the new workers fork from its app."""
+    reload_knowledge(server.app.wsgi().extensions["mm_cds"])
+
+
+def _validate_only(current: Any) -> list[str]:
+    """The problems of the knowledge on disk (empty: it loads), without swapping anything."""
+    try:
+        knowledge.load(current.settings.directories, current.settings.canonical_base)
+    except KnowledgeError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
 @bp.post(PATH)
 def reload_endpoint() -> Response:
     forwarded = any(h in request.headers for h in ("X-Forwarded-For", "Forwarded", "X-Real-IP"))
@@ -100,7 +132,16 @@ def reload_endpoint() -> Response:
         raise Forbidden("reload is accepted only from the service's own host (loopback, not through a proxy)")
     from .app import state
 
-    result = reload_knowledge(state())
+    current, master = state(), current_app.extensions.get(MASTER_PID)
+    if master:  # one worker of several answers: validate here, then the master reloads them all
+        problems = _validate_only(current)
+        result = ReloadResult(not problems, "refused" if problems else
+                              f"valid: gunicorn master {master} signalled; its workers are replaced gracefully",
+                              current.kb.fingerprint, problems)
+        if not problems:
+            os.kill(master, signal.SIGHUP)
+    else:
+        result = reload_knowledge(current)
     if result.reloaded:
         return jsonify(result.as_dict())
     issues = [{"severity": "error", "code": "invalid", "diagnostics": p} for p in result.problems]

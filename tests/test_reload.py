@@ -8,6 +8,7 @@ counts every answer.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from cds_service import create_app, scenarios
+from cds_service import create_app, reload, scenarios
 from cds_service.inprocess import scenario_request
 
 from .support.loopback import serving
@@ -199,3 +200,40 @@ def test_sighup_reloads_mm_cds_serve_without_dropping_a_request(knowledge_copy, 
     assert len(answers) > served
     assert "does not parse" in (tmp_path / "serve.log").read_text()
     print(f"\nSIGHUP: {len(answers)} requests, {sum(a[1] != 200 for a in answers)} not 200")
+
+
+class _GunicornServer:
+    """What gunicorn's hooks are given: `server.app.wsgi()` is the (preloaded) Flask app."""
+
+    def __init__(self, app):
+        self.app = type("Application", (), {"wsgi": staticmethod(lambda: app)})()
+
+
+def test_under_gunicorn_the_master_reloads_and_the_admin_call_signals_it(knowledge_copy, tmp_path):
+    plan_dir, vs_dir = knowledge_copy
+    app = create_app({"knowledge_dirs": (str(plan_dir), str(vs_dir)), "site_dirs": ()})
+    server = _GunicornServer(app)
+    # a stand-in master: a process that reports each SIGHUP it receives
+    master = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                               "signal.signal(signal.SIGHUP, lambda *a: print('HUP', flush=True))\n"
+                               "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout.readline().strip() == "ready"
+        reload.gunicorn_when_ready(server)
+        app.extensions[reload.MASTER_PID] = master.pid  # as if this process were the worker of that master
+        client = app.test_client()
+        before = app.extensions["mm_cds"].kb.fingerprint
+        edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
+        answer = client.post("/admin/reload")
+        assert answer.status_code == 200 and f"gunicorn master {master.pid} signalled" in answer.get_json()["message"]
+        assert master.stdout.readline().strip() == "HUP"
+        assert app.extensions["mm_cds"].kb.fingerprint == before  # the worker does not swap: the master does
+        reload.gunicorn_on_reload(server)  # gunicorn calls this in the master on SIGHUP, before forking
+        assert app.extensions["mm_cds"].kb.fingerprint != before
+        edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
+        refused = client.post("/admin/reload")
+        assert refused.status_code == 422 and "does not parse" in json.dumps(refused.get_json())
+    finally:
+        master.kill()
+        master.wait()
+        app.extensions["mm_cds"].feedback.close()
