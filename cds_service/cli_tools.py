@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from . import config, explain_text, knowledge, logs, scenarios
-from .errors import KnowledgeError
-from .inprocess import Local
+from .errors import KnowledgeError, RequestError
+from .inprocess import Local, scenario_request
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,7 +62,7 @@ def _test(args: argparse.Namespace) -> int:
     except KnowledgeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except (OSError, ValueError, KeyError, yaml_error()) as exc:
+    except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
         print(f"mm-cds test: cannot read the scenarios: {exc}", file=sys.stderr)
         return 1
     selected = [s for s in found if not args.match or args.match.lower() in s.name.lower()]
@@ -83,12 +84,6 @@ def _test(args: argparse.Namespace) -> int:
     return 1 if failed or not selected else 0
 
 
-def yaml_error() -> type[Exception]:
-    import yaml
-
-    return yaml.YAMLError
-
-
 def _codes(codes: list[str]) -> str:
     return ", ".join(codes) or "-"
 
@@ -98,6 +93,9 @@ def _explain(args: argparse.Namespace) -> int:
         answers = _explain_answers(args)
     except (LookupError, OSError, ValueError, KnowledgeError) as exc:
         print(f"mm-cds explain: {exc}", file=sys.stderr)
+        return 1
+    except RequestError as exc:  # what the service would answer with a 4xx
+        print(f"mm-cds explain: the request is refused ({exc.status}): {exc.message}", file=sys.stderr)
         return 1
     except requests.RequestException as exc:
         print(f"mm-cds explain: cannot reach {args.url}: {type(exc).__name__}", file=sys.stderr)
@@ -111,6 +109,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _explain_answers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """(service id, CDS Hooks answer with its trace) for each service called."""
+    body: dict[str, Any] = {}
     if args.request:
         body = json.loads(args.request.read_text())
         if not isinstance(body, dict) or not isinstance(body.get("hook"), str):
@@ -153,7 +152,5 @@ def _explain_remote(args: argparse.Namespace, hook: str, service_id: str | None,
 
 
 def _remote_scenario_request(scenario: scenarios.Scenario, discovered: dict[str, Any]) -> dict[str, Any]:
-    from .inprocess import scenario_request
-
     moved = scenario.as_of(dt.datetime.now(dt.timezone.utc).date())
     return scenario_request(moved, discovered.get("prefetch") or {})

@@ -111,6 +111,9 @@ def test_explain_says_what_is_wrong_with_its_arguments(capsys, tmp_path):
     bad.write_text("[1, 2]")
     code, _, err = run(capsys, "explain", "--request", str(bad))
     assert code == 1 and "not a CDS Hooks request" in err
+    bad.write_text(json.dumps({"hook": "order-sign", "hookInstance": "x", "context": {"patientId": "p1"}}))
+    code, _, err = run(capsys, "explain", "--request", str(bad))
+    assert code == 1 and "the request is refused (400): context.userId: is required" in err
 
 
 def test_catalogue_html_is_a_complete_page_listing_every_code(capsys, kb):
