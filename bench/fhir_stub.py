@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.fhir_server import FhirServer, FhirStore  # noqa: E402
 
 if __name__ == "__main__":
-    server = FhirServer(FhirStore(json.loads(Path(sys.argv[1]).read_text())))
+    server = FhirServer(FhirStore(json.loads(Path(sys.argv[1]).read_text())), page_size=1000)
     server.delay = float(sys.argv[2])
     with server:
         print(server.base, flush=True)
