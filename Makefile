@@ -21,7 +21,7 @@ validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate
 
 bench: $(VENV)/.installed
-	$(BIN)/python bench/hook_latency.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -30,7 +30,7 @@ class Settings:
     knowledge_dirs: tuple[str, ...] = field(default_factory=_default_dirs)
     site_dirs: tuple[str, ...] = ()  # read after knowledge_dirs; same url replaces
     fetch_timeout: float = 5.0  # seconds for all fetches of one call
-    fetch_workers: int = 16
+    fetch_workers: int = 64  # every prefetch key of a call in flight at once, for several calls
     fetch_max_pages: int = 20
     explain_enabled: bool = False
     cors_origins: tuple[str, ...] = ("*",)

@@ -7,9 +7,9 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, request
 
-from . import hooks
+from . import hooks, jsonio
 from .app import state
 from .auth_http import may_explain
 from .errors import InvalidRequest, ServiceNotFound
@@ -44,20 +44,16 @@ def _log_request(response: Response) -> Response:
 @bp.get("/cds-services")
 def discovery() -> Response:
     services = state().kb.services.values()
-    return jsonify({"services": [s.discovery() for s in services]})
+    return jsonio.response({"services": [s.discovery() for s in services]})
 
 
 def read_json() -> Any:
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequest(f"(body): not valid JSON{where}", field="(body)") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _explain_requested() -> bool:
@@ -83,4 +79,4 @@ def call_service(service_id: str) -> Response:
     g.codes = [card.code for card in outcome.issued]
     # Remembered off the request path (background writer) so feedback can be linked.
     current.feedback.record_cards(card_rows(service.id, body["hookInstance"], outcome.issued, now))
-    return jsonify(outcome.response)
+    return jsonio.response(outcome.response)

@@ -74,6 +74,8 @@ def _message(error: ValidationError) -> str:
     if error.validator == "enum":
         return f"must be one of {', '.join(map(str, error.validator_value))}"
     if error.validator == "type":
+        if error.validator_value == ["object", "null"]:
+            return "must be null or a FHIR resource (an object with resourceType)"
         return f"must be of type {error.validator_value}"
     if error.validator == "minItems":
         return "must not be empty"
