@@ -17,9 +17,10 @@ import datetime as dt
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from flask import Blueprint, Response, json, request
+from flask import Blueprint, Response, request
 
 from . import apply as apply_op
+from . import jsonio
 from .app import state
 from .hooks_api import read_json
 from .knowledge import KINDS, KnowledgeBase
@@ -38,7 +39,7 @@ class NotFound(RequestError):
 
 
 def fhir(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, mimetype=FHIR_JSON)
+    return Response(jsonio.dumps(body), status=status, mimetype=FHIR_JSON)
 
 
 @bp.get("/metadata")
