@@ -8,7 +8,8 @@ with the caller's functions. Our ASTs are built once at load and never change, s
 
 - literal and identifier values are computed once and kept on the AST node itself
   (a private key, so a reloaded knowledge base brings fresh nodes and no stale cache);
-- function calls look the function up in a registry merged once per function table.
+- function calls look the function up in a registry merged once per function table;
+- where() evaluates its criterion once per item (fhirpathpy evaluates it twice).
 
 tests/test_fhirpath_speedups.py evaluates the FHIRPath cases and every expression of the
 shipped artifacts with and without these, and requires identical results.
@@ -41,11 +42,25 @@ def _remember(evaluate: Callable) -> Callable:
     return cached
 
 
+def _where(ctx: dict, data: Any, criterion: Callable) -> list:
+    if not isinstance(data, list):
+        return []
+    kept = []
+    for index, item in enumerate(data):
+        ctx["$index"] = index
+        result = criterion(item)
+        if len(result) > 0 and result[0]:
+            kept.append(item)
+    return util.flatten(kept)
+
+
 def registry_for(user_table: dict) -> dict[str, dict]:
     """fhirpathpy's functions overlaid with ours, merged once per table."""
     merged = _merged.get(id(user_table))
     if merged is None:
-        merged = _merged[id(user_table)] = {**invocation_registry, **user_table}
+        merged = {**invocation_registry, **user_table}
+        merged["where"] = {**merged["where"], "fn": _where}
+        _merged[id(user_table)] = merged
     return merged
 
 
