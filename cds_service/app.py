@@ -90,6 +90,11 @@ def create_app(
 
     app.register_blueprint(hooks_api.bp)
     app.register_blueprint(feedback_api.bp)
+    from . import fhir_api, reload, ui
+
+    app.register_blueprint(fhir_api.bp)  # /fhir: the knowledge, and PlanDefinition/$apply
+    app.register_blueprint(reload.bp)  # POST /admin/reload (loopback only)
+    app.register_blueprint(ui.bp)  # GET /: catalogue and "try it"
     auth_http.register(app, guard)
     errors_http.register(app)
     return app

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 # Open to any caller: load-balancer probes and the metrics scraper cannot carry a JWT,
 # and these answer nothing about patients or the knowledge.
 EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Not a CDS client's call: reload.py admits loopback callers only, and an EHR's JWT must not
+# grant it; `mm-cds reload` on the host has no JWT to send.
+EXEMPT_PATHS = EXEMPT_PATHS | {"/admin/reload"}
 # CORS preflight: browsers never send Authorization on OPTIONS, and it runs no service.
 EXEMPT_METHODS = frozenset({"OPTIONS"})
 JWKS_MAX_BYTES = 1024 * 1024

@@ -63,13 +63,14 @@ def catalogue_markdown(kb: KnowledgeBase) -> str:
         lines.append("| " + " | ".join(_cell(x) for x in (
             e.code, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
             "; ".join(e.suggestions) or "-", "; ".join(e.sources))) + " |")
-    codes = {e.code for e in entries(kb)}
+    codes, actions = counts(kb)
     lines.append("")
-    lines.append(f"{len(codes)} recommendations in {len(entries(kb))} PlanDefinition actions.")
+    lines.append(f"{codes} recommendations in {actions} PlanDefinition actions.")
     return "\n".join(lines)
 
 
-def catalogue_html(kb: KnowledgeBase) -> str:
+def catalogue_table_html(kb: KnowledgeBase) -> str:
+    """The catalogue as an HTML table (the "try it" page embeds it)."""
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in (
             e.code, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
@@ -79,6 +80,26 @@ def catalogue_html(kb: KnowledgeBase) -> str:
     return ("<table class=\"catalogue\"><thead><tr><th>code</th><th>hooks</th><th>card</th><th>indicator</th>"
             "<th>fires when (all of)</th><th>suggests</th><th>sources</th></tr></thead>\n<tbody>\n"
             f"{rows}\n</tbody></table>")
+
+
+def counts(kb: KnowledgeBase) -> tuple[int, int]:
+    """(recommendation codes, PlanDefinition actions)."""
+    rows = entries(kb)
+    return len({e.code for e in rows}), len(rows)
+
+
+def catalogue_html(kb: KnowledgeBase) -> str:
+    """A complete standalone HTML page: `mm-cds catalogue --format html > catalogue.html`."""
+    codes, actions = counts(kb)
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<title>mm-cds recommendation catalogue</title>\n<style>\n"
+            "body { font-family: system-ui, sans-serif; margin: 1.5rem; }\n"
+            "table { border-collapse: collapse; font-size: 0.85rem; }\n"
+            "th, td { border: 1px solid #ccd; padding: 0.25rem 0.4rem; text-align: left; vertical-align: top; }\n"
+            "th { background: #eef1f5; }\n</style>\n</head>\n<body>\n"
+            "<h1>mm-cds recommendation catalogue</h1>\n"
+            f"<p>{codes} recommendations in {actions} PlanDefinition actions, generated from the artifacts.</p>\n"
+            f"{catalogue_table_html(kb)}\n</body>\n</html>")
 
 
 # -- terminology ------------------------------------------------------------------------------

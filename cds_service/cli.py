@@ -6,6 +6,7 @@
     mm-cds terminology check        unverified codes and concepts with no code (--strict: exit 1 if any)
     mm-cds readme --update|--check  regenerate (or check) the README's generated sections
     mm-cds feedback-report [--json] cards shown, accepted and overridden per recommendation
+    mm-cds test | explain | reload | export-patients    see cli_tools.py
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--json", action="store_true", help="JSON instead of a table")
     report.add_argument("--database-url", help="postgresql://... (default: the database_url setting)")
     report.add_argument("--data-dir", help="the SQLite folder (default: the data_dir setting)")
+    from . import cli_tools
+
+    tools = cli_tools.register(sub)
     args = parser.parse_args(argv)
     handlers = {"validate": _validate, "serve": _serve, "catalogue": _catalogue, "terminology": _terminology,
-                "readme": _readme, "feedback-report": _feedback_report}
+                "readme": _readme, "feedback-report": _feedback_report, **tools}
     return handlers[args.command](args)
 
 
@@ -127,6 +131,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from werkzeug.serving import run_simple
 
+    from .reload import install_sighup
+
+    install_sighup(app)  # SIGHUP: reload the knowledge, keep serving
     print(f"serving {len(app.extensions['mm_cds'].kb.services)} CDS services on "
           f"http://{settings.host}:{settings.port}/cds-services", file=sys.stderr)
     try:

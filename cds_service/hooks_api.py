@@ -64,9 +64,10 @@ def _explain_requested() -> bool:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     current = state()
+    kb = current.kb  # read once: a reload swaps State.kb, this call keeps the one it started with
     body = read_json()
     hook = body.get("hook") if isinstance(body, dict) else None
-    service = current.kb.service_for(service_id, hook)
+    service = kb.service_for(service_id, hook)
     if service is None:
         raise ServiceNotFound(f"no CDS service '{service_id}'" + (f" for hook {hook}" if hook else ""))
     g.service, g.hook = service.id, service.hook
@@ -74,7 +75,7 @@ def call_service(service_id: str) -> Response:
         g.hook_instance = body["hookInstance"][:64]
     explain = current.settings.explain_enabled and _explain_requested() and may_explain()
     now = current.clock()
-    outcome = hooks.call(current.kb, service, body, now, current.fetch, explain)
+    outcome = hooks.call(kb, service, body, now, current.fetch, explain)
     g.codes = [card.code for card in outcome.issued]
     # Remembered off the request path (background writer) so feedback can be linked.
     current.feedback.record_cards(card_rows(service.id, body["hookInstance"], outcome.issued, now))

@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
 
-from cds_service import config, knowledge
+from cds_service import config, knowledge, scenarios
 from cds_service.app import create_app
 
-from .support.harness import Harness, Scenario, load_library
+from .support.harness import Harness, Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
@@ -53,6 +52,17 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture()
+def loopback_service(kb):
+    """start(explain) -> base URL of the service on loopback with a real clock (stopped after)."""
+    from contextlib import ExitStack
+
+    from .support.loopback import serving
+
+    with ExitStack() as stack:
+        yield lambda explain: stack.enter_context(serving(create_app({"explain_enabled": explain}, kb=kb)))
+
+
 # -- scenarios ----------------------------------------------------------------------------
 _harness: Harness | None = None
 
@@ -65,6 +75,12 @@ def harness(config) -> Harness:
     return _harness
 
 
+@pytest.fixture(scope="session")
+def live(request) -> Harness:
+    """The scenario harness's servers (CDS service with explain, FHIR server), on loopback."""
+    return harness(request.config)
+
+
 def pytest_collect_file(parent, file_path: Path):
     if file_path.suffix == ".yaml" and file_path.parent.name == "scenarios" and not file_path.name.startswith("_"):
         return ScenarioFile.from_parent(parent, path=file_path)
@@ -73,11 +89,7 @@ def pytest_collect_file(parent, file_path: Path):
 
 class ScenarioFile(pytest.File):
     def collect(self):
-        raw = yaml.safe_load(self.path.read_text()) or {}
-        library = load_library()
-        defaults = raw.get("defaults") or {}
-        for entry in raw.get("scenarios") or []:
-            scenario = Scenario.from_yaml(entry, defaults, library)
+        for scenario in scenarios.load_file(self.path):
             for mode in scenario.modes:
                 yield ScenarioItem.from_parent(self, name=f"{scenario.name} [{mode}]", scenario=scenario, mode=mode)
 
@@ -90,17 +102,7 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         h = harness(self.config)
         response = h.run(self.scenario, self.mode)
-        cards = {c["source"]["topic"]["code"]: c for c in response["cards"]}
-        problems = []
-        if set(cards) != self.scenario.expect:
-            problems.append(f"cards {sorted(cards)} != expected {sorted(self.scenario.expect)}")
-        for code, fragments in self.scenario.expect_detail.items():
-            detail = cards.get(code, {}).get("detail", "")
-            problems += [f"{code} detail lacks {f!r}" for f in fragments if f not in detail]
-        for code, labels in self.scenario.expect_suggestions.items():
-            got = [s["label"] for s in cards.get(code, {}).get("suggestions", [])]
-            if got != labels:
-                problems.append(f"{code} suggestions {got} != {labels}")
+        problems = scenarios.check(self.scenario, response["cards"]).problems
         if self.mode == "fetch" and response["_fetched"] == 0 and self.scenario.chart:
             problems.append("fetch mode made no request to the FHIR server")
         if problems:

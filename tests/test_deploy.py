@@ -1,0 +1,225 @@
+"""docker-compose.yml and the Dockerfile, without a Docker engine: the compose file's
+structure, the Dockerfile's install and start commands run in a fresh virtual environment,
+and the patient loader's output used the way the compose stack uses it.
+
+The shortcut, said plainly: the Dockerfile's `pip install` runs with `--no-deps` in a
+venv that sees this project's installed dependencies (a .pth file), so the test installs
+and starts the package as the image does without installing every dependency again (the
+build backend itself comes from the package index, as in the image). The dependency pins
+themselves are what `make test` installs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from fhir.resources.R4B.bundle import Bundle
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from cds_service import cli, create_app, scenarios
+
+from .support.fhir_server import FhirServer, FhirStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_compose_file_runs_the_service_hapi_and_a_loader():
+    services = compose()["services"]
+    assert set(services) == {"mm-cds", "hapi", "loader"}
+    service = services["mm-cds"]
+    assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+    assert "8080:8080" in service["ports"]
+    assert "urlopen('http://127.0.0.1:8080/cds-services'" in " ".join(service["healthcheck"]["test"])
+    config = service["environment"]["MM_CDS_CONFIG"]
+    assert (ROOT / Path(config).relative_to("/app")).is_file()
+    hapi = services["hapi"]
+    assert re.fullmatch(r"hapiproject/hapi:v\d+\.\d+\.\d+(-\d+)?", hapi["image"]), "pin a HAPI release tag"
+    assert hapi["environment"]["hapi.fhir.fhir_version"] == "R4"
+    loader = services["loader"]
+    assert loader["image"] == service["image"] and loader["restart"] == "no"
+    assert loader["depends_on"] == {"mm-cds": {"condition": "service_healthy"}, "hapi": {"condition": "service_started"}}
+    command = loader["command"]
+    assert command[:2] == ["mm-cds", "export-patients"]
+    assert command[command.index("--post") + 1] == "http://hapi:8080/fhir"  # HAPI's compose name and port
+    assert (ROOT / command[2]).is_dir() and list((ROOT / command[2]).glob("*.yaml"))  # its input is in the repo
+    assert any(v.endswith(":" + command[command.index("--out") + 1]) for v in loader["volumes"])
+    copied = [source for op, args in dockerfile() if op == "COPY" for source in args.split()[:-1]]
+    assert all((ROOT / source).exists() for source in copied)
+    assert "tests/scenarios" in copied and "deploy" in copied
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
+    steps = dockerfile()
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    workdir = next(args for op, args in steps if op == "WORKDIR")
+    app = tmp_path / "app"  # stands for WORKDIR
+    app.mkdir()
+    for op, args in steps:
+        if op == "COPY":
+            *sources, target = args.split()
+            destination = app / target  # relative to WORKDIR
+            for source in sources:
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"),
+                                    dirs_exist_ok=True)
+                else:
+                    destination.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, destination)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("MM_CDS_DATA_DIR", None)
+    for op, args in steps:
+        if op == "RUN":
+            command = shlex.split(args)
+            if command[:2] == ["pip", "install"]:
+                command += ["--no-deps", "--quiet"]  # the shortcut (module docstring)
+            subprocess.run(command, cwd=app, env=env, check=True, timeout=240)
+        elif op == "ENV":
+            env.update(dict(pair.split("=", 1) for pair in shlex.split(args)))
+    environment = compose()["services"]["mm-cds"]["environment"]
+    env.update({k: str(v).replace(workdir, str(app)) for k, v in environment.items()})
+    env["MM_CDS_DATA_DIR"] = env["MM_CDS_DATA_DIR"].replace(workdir, str(app))
+    port = _free_port()
+    env["MM_CDS_PORT"] = str(port)
+    cmd = json.loads(next(args for op, args in steps if op == "CMD"))
+    assert shutil.which(cmd[0], path=str(venv / "bin")), f"{cmd[0]} is not installed in the venv"
+    log = (tmp_path / "serve.log").open("w+")
+    process = subprocess.Popen([str(venv / "bin" / cmd[0]), *cmd[1:]], cwd=app, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/cds-services", timeout=2)
+                break
+            except requests.RequestException:
+                assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the service did not answer within 60 s"
+                time.sleep(0.3)
+        assert response.status_code == 200
+        assert {s["id"] for s in response.json()["services"]} == {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
+        page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "Try it" in page.text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    text = (tmp_path / "serve.log").read_text()
+    assert "allow_insecure" in text  # the insecure demo setting is loud at start-up
+    assert str(app) in subprocess.run([str(venv / "bin" / "python"), "-c", "import cds_service; print(cds_service.__file__)"],
+                                      capture_output=True, text=True, env=env, check=True, cwd=tmp_path).stdout
+
+
+class TransactionServer:
+    """Just enough of a FHIR server for the loader: /metadata, and transactions POSTed to the base."""
+
+    def __init__(self) -> None:
+        self.store = FhirStore()
+        self.posted: list[dict] = []
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _wsgi(self, environ, start_response):
+        request = Request(environ)
+        if request.method == "GET" and request.path == "/fhir/metadata":
+            response = Response(json.dumps({"resourceType": "CapabilityStatement"}), content_type="application/fhir+json")
+        elif request.method == "POST" and request.path == "/fhir":
+            bundle = json.loads(request.get_data())
+            Bundle.model_validate(bundle)  # what HAPI would refuse, refused here too
+            assert bundle["type"] == "transaction"
+            self.posted.append(bundle)
+            self.store.resources.extend(e["resource"] for e in bundle["entry"])
+            response = Response(json.dumps({"resourceType": "Bundle", "type": "transaction-response"}),
+                                content_type="application/fhir+json")
+        else:
+            response = Response("{}", status=404)
+        return response(environ, start_response)
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def test_the_loader_posts_every_scenario_patient_and_the_service_fetches_them(tmp_path, kb, capsys):
+    """`mm-cds export-patients --post` as the compose loader runs it, then the example requests
+    sent to the service with fhirServer pointing at the loaded server: the expected cards."""
+    target = TransactionServer()
+    folder = scenarios.DEFAULT_FOLDER
+    try:
+        code = cli.main(["export-patients", str(folder), "--post", target.base, "--wait", "10",
+                         "--out", str(tmp_path / "patients"), "--fhir-server", target.base])
+    finally:
+        target.close()
+    out = capsys.readouterr().out
+    total = len(scenarios.load_all([folder]))
+    assert code == 0 and f"{total} patients loaded into {target.base}, 0 failed" in out
+    assert len(target.posted) == total
+    ids = [r["id"] for b in target.posted for r in (e["resource"] for e in b["entry"])]
+    assert len(ids) == len(set(ids)), "patients collide on a shared server"
+    index = json.loads((tmp_path / "patients" / "index.json").read_text())
+    app = create_app({"site_dirs": scenarios.folder_site_dirs(folder)})
+    client = app.test_client()
+    fhir = FhirServer(target.store, token=None).__enter__()
+    checked = 0
+    try:
+        for entry in index:
+            if not entry["expect"]:
+                continue  # the firing scenarios: each must fire through fetching
+            request = json.loads((tmp_path / "patients" / entry["request"]).read_text())
+            request["fhirServer"] = fhir.base
+            service = next(s for s in client.get("/cds-services").get_json()["services"] if s["hook"] == request["hook"])
+            response = client.post(f"/cds-services/{service['id']}", json=request)
+            assert response.status_code == 200, response.get_data(as_text=True)
+            codes = {c["source"]["topic"]["code"] for c in response.get_json()["cards"]}
+            assert codes == set(entry["expect"]), (entry["scenario"], codes)
+            checked += 1
+    finally:
+        fhir.__exit__()
+        app.extensions["mm_cds"].feedback.close()
+    assert checked > 50
+    # dates moved so that the scenario's `now` is today
+    first = scenarios.load_all([folder])[0]
+    dated = next(r for r in first.chart if r.get("authoredOn") or r.get("effectiveDateTime"))
+    element = "authoredOn" if dated.get("authoredOn") else "effectiveDateTime"
+    shift = dt.datetime.now(dt.timezone.utc).date() - first.now.date()
+    posted = next(r for e in target.posted[0]["entry"] if (r := e["resource"])["id"].endswith(dated["id"]))
+    assert posted[element][:10] == (dt.date.fromisoformat(dated[element][:10]) + shift).isoformat()
+
+
+def test_export_needs_a_destination(capsys):
+    assert cli.main(["export-patients"]) == 2
+    assert "give --out DIR, --post FHIR_BASE, or both" in capsys.readouterr().err
