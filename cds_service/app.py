@@ -33,6 +33,7 @@ class State:
     kb: KnowledgeBase
     fetch: FetchSettings
     clock: Clock
+    started: dt.datetime  # when the knowledge was loaded and the app built (GET /ready)
 
 
 def state() -> State:
@@ -53,7 +54,7 @@ def create_app(
     logs.configure(settings.log_level)
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
     units.warm_up()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     app.extensions["mm_cds"] = State(
@@ -64,8 +65,10 @@ def create_app(
             executor=ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="fhir-fetch"),
             timeout=settings.fetch_timeout,
             max_pages=settings.fetch_max_pages,
+            max_bytes=settings.fetch_max_bytes,
         ),
         clock=clock or utc_now,
+        started=utc_now(),
     )
     CORS(
         app,
@@ -74,8 +77,11 @@ def create_app(
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
     )
-    from . import errors_http, hooks_api
+    from . import errors_http, health, hooks_api, metrics, openapi
 
     app.register_blueprint(hooks_api.bp)
+    app.register_blueprint(health.bp)
+    metrics.register(app, kb)
+    openapi.register(app, list(kb.services.values()))
     errors_http.register(app)
     return app

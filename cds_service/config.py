@@ -31,10 +31,15 @@ class Settings:
     fetch_timeout: float = 5.0  # seconds for all fetches of one call
     fetch_workers: int = 16
     fetch_max_pages: int = 20
+    fetch_max_bytes: int = 16 * 1024 * 1024  # read from fhirServer in one call, all keys and pages
     explain_enabled: bool = False
     cors_origins: tuple[str, ...] = ("*",)
     max_request_bytes: int = 5 * 1024 * 1024
     log_level: str = "INFO"
+    # gunicorn (mm-cds serve --prod); see cds_service/gunicorn_conf.py for why these defaults
+    workers: int = 0  # 0: one per core, plus one
+    threads: int = 4
+    graceful_timeout: float = 30.0
 
     @property
     def directories(self) -> tuple[str, ...]:

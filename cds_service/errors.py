@@ -10,6 +10,7 @@
     │   └── DataUnavailable       412: required data neither prefetched nor fetchable
     └── FetchError                one FHIR query failed (timeout, HTTP status, bad JSON);
                                   caught by data assembly and turned into DataUnavailable
+          .kind: one of FETCH_KINDS (a metrics label), .reason: the text the 412 quotes
 
 Evaluation never raises for clinical data: a condition that errors counts as false and
 is recorded in the trace.
@@ -87,9 +88,16 @@ class DataUnavailable(RequestError):
         super().__init__(message)
 
 
+# Why a fetch failed, as a small fixed set: the `outcome` label of the fetch metrics.
+FETCH_KINDS = ("timeout", "connection", "http_status", "not_json", "operation_outcome",
+               "other_server", "too_large", "too_many_pages", "request")
+
+
 class FetchError(CdsError):
     """One FHIR query to the client's fhirServer failed."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, kind: str = "request"):
+        assert kind in FETCH_KINDS, kind
         self.reason = reason
+        self.kind = kind
         super().__init__(reason)

@@ -76,4 +76,5 @@ def call_service(service_id: str) -> Response:
     explain = current.settings.explain_enabled and _explain_requested()
     outcome = hooks.call(current.kb, service, body, current.clock(), current.fetch, explain)
     g.codes = [card.code for card in outcome.issued]
+    g.dropped = outcome.dropped
     return jsonify(outcome.response)
