@@ -7,11 +7,11 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import hooks
 from .app import state
-from .errors import InvalidRequest, ServiceNotFound
+from .errors import InvalidRequest, PayloadTooLarge, ServiceNotFound
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
@@ -46,11 +46,25 @@ def discovery() -> Response:
 
 def read_json() -> Any:
     raw = request.get_data(cache=False)
+    _refuse_truncated(raw)
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequest(f"(body): not valid JSON{where}", field="(body)") from None
+
+
+def _refuse_truncated(raw: bytes) -> None:
+    """413 for a body sent without Content-Length (chunked) that is over the limit.
+
+    Werkzeug stops such a stream at MAX_CONTENT_LENGTH and returns what it read without
+    saying so; parsing that would answer 400, or accept a body cut short. The server
+    terminates the stream (wsgi.input_terminated), so one more byte can be asked for.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
 
 
 def _reject_constant(name: str) -> Any:

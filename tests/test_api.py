@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
+import requests
 
 from cds_service import create_app
 
 from .conftest import NOW
 from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
+from .support.serving import serving
 
 SIGN = "/cds-services/mm-tcell-order-sign"
 
@@ -133,6 +136,28 @@ def test_an_oversized_body_is_413(kb):
                                       content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["resourceType"] == "OperationOutcome"
+
+
+def chunks(body: bytes, size: int = 700) -> Iterator[bytes]:
+    """A generator body: requests sends it chunked, with no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_one_under_it_is_read_whole(kb, client):
+    limit = 4000
+    app = create_app({"max_request_bytes": limit}, kb=kb, clock=lambda: NOW)
+    small = json.dumps(order_sign(prefetch=full_prefetch(client))).encode()
+    padded = small + b" " * (limit - len(small))  # exactly the limit: still whole, still valid
+    assert len(small) < limit
+    with serving(app) as base:
+        big = requests.post(base + SIGN, data=chunks(padded + b" "), headers={"Content-Type": "application/json"})
+        assert big.request.headers.get("Transfer-Encoding") == "chunked"
+        assert big.status_code == 413
+        assert big.json()["issue"][0]["diagnostics"] == f"request body larger than {limit} bytes"
+        whole = requests.post(base + SIGN, data=chunks(padded), headers={"Content-Type": "application/json"})
+        assert whole.status_code == 200
+        assert {c["source"]["topic"]["code"] for c in whole.json()["cards"]} == {"SEQ-1", "SCR-1", "SCR-3"}
 
 
 def test_wrong_method_and_unknown_path_answer_json(client):
