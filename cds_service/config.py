@@ -39,7 +39,7 @@ class Settings:
     # gunicorn (mm-cds serve --prod); see cds_service/gunicorn_conf.py for why these defaults
     workers: int = 0  # 0: one per core, plus one
     threads: int = 4
-    graceful_timeout: float = 30.0
+    graceful_timeout: int = 30
 
     @property
     def directories(self) -> tuple[str, ...]:

@@ -134,12 +134,14 @@ class FhirClient:
 
 
 def bundle_resources(bundle: dict) -> list[dict]:
-    """Entry resources of a Bundle, leaving out OperationOutcome entries (search warnings)."""
+    """Entry resources of a Bundle, leaving out OperationOutcome entries (search warnings)
+    and entries that are not resources at all (no resourceType string)."""
     out = []
     entries = bundle.get("entry")
     for entry in entries if isinstance(entries, list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") not in (None, "OperationOutcome"):
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(kind, str) and kind and kind != "OperationOutcome":
             out.append(resource)
     return out
 
