@@ -14,6 +14,7 @@ from cds_service import create_app
 from .conftest import NOW
 from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
 from .support.serving import serving
+from .support.sites import oversized_summary_site
 
 SIGN = "/cds-services/mm-tcell-order-sign"
 
@@ -208,13 +209,7 @@ def test_explain_trace_shows_variables_conditions_data_and_unknown_codes(client)
 
 
 def test_a_card_the_response_schema_refuses_is_dropped_and_logged(tmp_path, kb, caplog):
-    site = tmp_path / "site"
-    site.mkdir()
-    shipped = kb.plans["https://myeloma-cds.example.org/fhir/PlanDefinition/mm-tcell"].file
-    plan = json.loads(open(shipped).read())
-    action = next(a for a in plan["action"] if a["code"][0]["coding"][0]["code"] == "SCR-3")
-    action["dynamicValue"] = [{"path": "title", "expression": {"language": "text/fhirpath", "expression": "'" + "y" * 150 + "'"}}]
-    (site / "PlanDefinition-mm-tcell.json").write_text(json.dumps(plan))
+    site = oversized_summary_site(tmp_path / "site", kb, "SCR-3")
     app = create_app({"site_dirs": (str(site),)}, clock=lambda: NOW)
     client = app.test_client()
     response = client.post(SIGN, json=order_sign(prefetch=full_prefetch(client)))
