@@ -16,6 +16,7 @@ import yaml
 from cds_service import config, knowledge
 from cds_service.app import create_app
 
+from .support import fuzzing
 from .support.harness import Harness, Scenario, load_library
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,12 @@ def app(kb):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many requests the fuzz tests sent, and what came back."""
+    for line in fuzzing.summary():
+        terminalreporter.write_line(line)
 
 
 # -- scenarios ----------------------------------------------------------------------------
