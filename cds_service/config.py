@@ -82,4 +82,10 @@ def load(values: dict[str, Any] | None = None, environ: dict[str, str] | None = 
     unknown = sorted(set(merged) - set(names))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    return Settings(**{k: _coerce(k, str(names[k]), v) for k, v in merged.items()})
+    values = {}
+    for name, value in merged.items():
+        try:
+            values[name] = _coerce(name, str(names[name]), value)
+        except ValueError:
+            raise ValueError(f"setting {name} (MM_CDS_{name.upper()}): {value!r} is not a valid {names[name]}") from None
+    return Settings(**values)

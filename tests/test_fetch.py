@@ -32,15 +32,18 @@ FETCH_TIMEOUT = 1.0
 MARGIN = 1.0  # thread hand-off, parsing and evaluation, on a loaded CI machine
 
 
-@pytest.fixture()
-def fhir():
+def _fhir_server():
     with FhirServer() as server:
         yield server
 
 
+fhir = pytest.fixture(_fhir_server, name="fhir")
+other = pytest.fixture(_fhir_server, name="other")  # a second FHIR server: another host to the service
+
+
 @pytest.fixture()
 def fetch_app(kb):
-    return create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    return create_app({"explain_enabled": True, "fetch_timeout": FETCH_TIMEOUT}, kb=kb, clock=lambda: NOW)
 
 
 def with_server(body: dict, fhir: FhirServer, token: str | None = "test-token") -> dict:
@@ -131,18 +134,6 @@ def test_records_of_another_patient_are_dropped(fetch_app, fhir):
 
 
 # -- faults of the FHIR server ------------------------------------------------------------
-@pytest.fixture()
-def other():
-    """A second FHIR server: another host as far as the service is concerned."""
-    with FhirServer() as server:
-        yield server
-
-
-@pytest.fixture()
-def fault_app(kb):
-    return create_app({"explain_enabled": True, "fetch_timeout": FETCH_TIMEOUT}, kb=kb, clock=lambda: NOW)
-
-
 def sign_keys(app) -> list[str]:
     services = {s["id"]: s for s in app.test_client().get("/cds-services").get_json()["services"]}
     return sorted(services["mm-tcell-order-sign"]["prefetch"])
@@ -210,13 +201,13 @@ FAULTS_412 = {
 
 
 @pytest.mark.parametrize("name", FAULTS_412)
-def test_a_fetch_fault_is_412_naming_the_key_and_reason_within_the_timeout(name, fault_app, fhir, other):
+def test_a_fetch_fault_is_412_naming_the_key_and_reason_within_the_timeout(name, fetch_app, fhir, other):
     setup, keys, reason = FAULTS_412[name]
-    assert sign_keys(fault_app) == SIGN_KEYS  # the table above is about these keys
+    assert sign_keys(fetch_app) == SIGN_KEYS  # the table above is about these keys
     fhir.reset([PATIENT, LOW_IGG])
     body = setup(fhir, other)
     started = time.monotonic()
-    response = fault_app.test_client().post(SIGN, json=body)
+    response = fetch_app.test_client().post(SIGN, json=body)
     elapsed = time.monotonic() - started
     assert response.status_code == 412, response.get_data(as_text=True)
     issue = response.get_json()["issue"][0]
@@ -227,22 +218,22 @@ def test_a_fetch_fault_is_412_naming_the_key_and_reason_within_the_timeout(name,
     assert other.requests == []  # nothing, least of all the bearer token, went to another host
 
 
-def test_a_slow_server_within_the_timeout_gives_the_cards(fault_app, fhir):
+def test_a_slow_server_within_the_timeout_gives_the_cards(fetch_app, fhir):
     fhir.reset([PATIENT, LOW_IGG])
     fhir.delay = FETCH_TIMEOUT / 4
     started = time.monotonic()
-    response = fault_app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    response = fetch_app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
     assert response.status_code == 200
     assert "INF-4" in codes(response)
     assert time.monotonic() - started < FETCH_TIMEOUT + MARGIN
 
 
-def test_operation_outcome_entries_among_the_results_are_ignored(fault_app, fhir):
+def test_operation_outcome_entries_among_the_results_are_ignored(fetch_app, fhir):
     fhir.reset([PATIENT])
     warning = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "informational"}]}
     fhir.fail_on("/fhir/Observation", IGG_LOINC,
                  bundle([LOW_IGG], extra_entries=[{"resource": warning, "search": {"mode": "outcome"}}]))
-    response = fault_app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    response = fetch_app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
     assert response.status_code == 200
     assert "INF-4" in codes(response)
     assert trace(response)["dataRequirements"]["igg"]["received"] == 1
@@ -254,10 +245,10 @@ def normal_iggs(count: int) -> list[dict]:
             for i in range(count)]
 
 
-def test_thousands_of_entries_over_several_pages_are_processed(fault_app):
+def test_thousands_of_entries_over_several_pages_are_processed(fetch_app):
     with FhirServer(page_size=1000) as fhir:
         fhir.reset([PATIENT, *normal_iggs(3000), LOW_IGG])  # the newest, low IgG is on the last page
-        response = fault_app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+        response = fetch_app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
         assert response.status_code == 200
         assert "INF-4" in codes(response)
         assert trace(response)["dataRequirements"]["igg"]["received"] == 3001

@@ -8,7 +8,7 @@ import json
 import pytest
 from werkzeug.wrappers import Response
 
-from cds_service import create_app
+from cds_service import config, create_app
 
 from .conftest import NOW
 from .support.fhir_server import FhirServer
@@ -95,3 +95,9 @@ def test_metrics_count_requests_latency_cards_fetches_and_errors(metered):
     assert delta("mm_cds_request_seconds_bucket", endpoint=CALL, le="10.0") == calls
     assert sample(after, "mm_cds_knowledge_info", fingerprint=metered.application.extensions["mm_cds"].kb.fingerprint) == 1
     assert "le=\"0.001\"" in after and "le=\"0.05\"" in after  # buckets for a 1-50 ms service
+
+
+def test_a_bad_setting_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"setting workers \(MM_CDS_WORKERS\): 'abc' is not a valid int"):
+        config.load(environ={"MM_CDS_WORKERS": "abc"})
+    assert config.load(environ={"MM_CDS_WORKERS": "3", "MM_CDS_GRACEFUL_TIMEOUT": "12"}).workers == 3
