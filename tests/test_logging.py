@@ -13,7 +13,7 @@ from cds_service import create_app, logs
 
 from .conftest import NOW
 from .support.fhir_server import refused_base
-from .support.gunicorn import Gunicorn
+from .support.gunicorn import CLI, Gunicorn
 from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
 
 SECRET_ID = "pat-7731-secret"
@@ -52,7 +52,7 @@ def test_request_log_has_the_request_facts_and_no_patient_data(kb):
 
 
 def test_gunicorn_logs_are_json_lines_without_patient_data(tmp_path):
-    server = Gunicorn(tmp_path, workers="2", fetch_timeout="1")
+    server = Gunicorn(tmp_path, CLI, workers="2", fetch_timeout="1")  # mm-cds serve --prod
     try:
         server.wait_ready()
         base, sign = server.base, "/cds-services/mm-tcell-order-sign"

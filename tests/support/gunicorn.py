@@ -14,7 +14,8 @@ from pathlib import Path
 
 import requests
 
-COMMAND = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+CLI = [sys.executable, "-m", "cds_service", "serve", "--prod"]  # execs the line above
 START_SECONDS = 60  # imports and the knowledge load, on a busy 2-core CI machine
 
 
@@ -25,7 +26,7 @@ def free_port() -> int:
 
 
 class Gunicorn:
-    def __init__(self, workdir: Path, **settings: str) -> None:
+    def __init__(self, workdir: Path, command: list[str] = GUNICORN, **settings: str) -> None:
         """`settings` become MM_CDS_* variables (e.g. workers="2"); TMPDIR is `workdir`,
         so the private metrics directory can be seen, and seen removed."""
         self.workdir = workdir
@@ -36,7 +37,7 @@ class Gunicorn:
         env.update(MM_CDS_HOST="127.0.0.1", MM_CDS_PORT=str(self.port), TMPDIR=str(workdir), PYTHONUNBUFFERED="1")
         self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(COMMAND, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_SECONDS
