@@ -31,8 +31,9 @@ class Response:
 class ByteBudget:
     """Bytes one call may still read, shared by its fetch threads (checked per chunk)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, what: str = "fetch_max_bytes"):
         self.limit = limit
+        self.what = what  # named in the refusal
         self.used = 0
         self._lock = threading.Lock()
 
@@ -40,18 +41,21 @@ class ByteBudget:
         with self._lock:
             self.used += size
             if self.used > self.limit:
-                raise FetchError(f"the answers exceed {self.limit} bytes (fetch_max_bytes)", kind="too_large")
+                raise FetchError(f"the answers exceed {self.limit} bytes ({self.what})", kind="too_large")
 
 
 class Transport(Protocol):
-    def get(self, url: str, headers: dict[str, str], timeout: float, budget: ByteBudget) -> Response: ...
+    def get(self, url: str, headers: dict[str, str], timeout: float,
+            budget: ByteBudget | None = None) -> Response: ...
 
 
 class RequestsTransport:
-    """HTTP through requests, one keep-alive session per thread."""
+    """HTTP through requests, one keep-alive session per thread. `max_bytes` caps each
+    answer on its own (for callers without a budget, e.g. a key set download)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._local = threading.local()
+        self.max_bytes = max_bytes
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -59,13 +63,17 @@ class RequestsTransport:
             session = self._local.session = requests.Session()
         return session
 
-    def get(self, url: str, headers: dict[str, str], timeout: float, budget: ByteBudget) -> Response:
+    def get(self, url: str, headers: dict[str, str], timeout: float,
+            budget: ByteBudget | None = None) -> Response:
         deadline = time.monotonic() + timeout
+        if budget is None and self.max_bytes is not None:
+            budget = ByteBudget(self.max_bytes, "this answer alone")
         try:
             with self._session().get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as r:
                 chunks = []
                 for chunk in r.iter_content(65536):
-                    budget.spend(len(chunk))
+                    if budget is not None:
+                        budget.spend(len(chunk))
                     # requests' timeout is per socket read: a server trickling bytes is
                     # stopped here, on the call's deadline.
                     if time.monotonic() > deadline:
