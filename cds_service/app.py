@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -12,8 +13,10 @@ from typing import Any
 from flask import Flask, current_app
 from flask_cors import CORS
 
-from . import config, knowledge, logs, units
+from . import config, knowledge, logs, security, units
 from .assemble import FetchSettings
+from .auth_http import Guard, build_guard
+from .feedback_writer import Writer, open_writer
 from .fetch import RequestsTransport, Transport
 from .knowledge import KnowledgeBase
 
@@ -27,13 +30,16 @@ def utc_now() -> dt.datetime:
 
 @dataclass
 class State:
-    """What the request handlers share: settings, the knowledge base, the fetch pool."""
+    """What the request handlers share: settings, the knowledge base, the fetch pool, the
+    token checker and the feedback writer."""
 
     settings: config.Settings
     kb: KnowledgeBase
     fetch: FetchSettings
     clock: Clock
     started: dt.datetime  # when the knowledge was loaded and the app built (GET /ready)
+    security: Guard
+    feedback: Writer
 
 
 def state() -> State:
@@ -48,11 +54,15 @@ def create_app(
     clock: Clock | None = None,
 ) -> Flask:
     """Build the service. Knowledge is loaded and validated here: a bad artifact raises
-    KnowledgeError and the service does not start."""
+    KnowledgeError; unusable or unsafe settings (security, feedback database) raise
+    ConfigurationError; either way the service does not start."""
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     logs.configure(settings.log_level)
+    guard = build_guard(security.load(settings), settings.public_base_url)
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
+    writer = open_writer(settings)
+    atexit.register(writer.close)  # queued card records and feedback reach the database
     units.warm_up()
     app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -69,6 +79,8 @@ def create_app(
         ),
         clock=clock or utc_now,
         started=utc_now(),
+        security=guard,
+        feedback=writer,
     )
     CORS(
         app,
@@ -77,10 +89,12 @@ def create_app(
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
     )
-    from . import errors_http, health, hooks_api, metrics, openapi
+    from . import auth_http, errors_http, feedback_api, health, hooks_api, metrics, openapi
 
     app.register_blueprint(hooks_api.bp)
+    app.register_blueprint(feedback_api.bp)
     app.register_blueprint(health.bp)
+    auth_http.register(app, guard)
     metrics.register(app, kb)
     openapi.register(app, list(kb.services.values()))
     errors_http.register(app)

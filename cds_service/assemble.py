@@ -22,7 +22,7 @@ from .errors import DataUnavailable, FetchError, InvalidRequest
 from .evaluation import RequestData
 from .fetch import FhirClient, Transport, bundle_resources, next_link
 from .model import Service
-from .retrieve import resolve_medications, retrieve
+from .retrieve import Retriever, resolve_medications
 
 
 @dataclass
@@ -177,11 +177,12 @@ def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str,
     orders = draft_orders(context)
     pool = [r for resources in raw.values() for r in resources] + orders
     orders = resolve_medications(orders, pool)
-    patient_id = context.get("patientId", "")
+    resolved = _resolve_once(raw, pool)
+    retriever = Retriever(today, context.get("patientId", ""))
     retrieved: dict[str, list[dict]] = {}
     patient = None
     for req in service.plan.requirements:
-        result = retrieve(req, resolve_medications(raw.get(req.key, []), pool), today, patient_id)
+        result = retriever.run(req, resolved.get(req.key, []))
         retrieved[req.key] = result.resources
         report = reports[req.key]
         report.count, report.other_patient = len(result.resources), result.other_patient
@@ -196,3 +197,15 @@ def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str,
         retrieved=retrieved,
         now=now,
     )
+
+
+def _resolve_once(raw: dict[str, list[dict]], pool: list[dict]) -> dict[str, list[dict]]:
+    """Medication references resolved once per list: derived keys share their source's
+    list, and the retriever's per-list caches rely on that sharing."""
+    by_list: dict[int, list[dict]] = {}
+    resolved = {}
+    for key, resources in raw.items():
+        if id(resources) not in by_list:
+            by_list[id(resources)] = resolve_medications(resources, pool)
+        resolved[key] = by_list[id(resources)]
+    return resolved

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 VARIABLE_EXT = "http://hl7.org/fhir/StructureDefinition/variable"
 QUERY_PATTERN_EXT = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
 FHIRPATH = "text/fhirpath"
-BASE_NAMES = frozenset({"hookContext", "patient", "draftOrders", "selections", "now", "today", "ucum", "resource"})
+BASE_NAMES = frozenset({"hook", "hookContext", "patient", "draftOrders", "selections", "now", "today", "ucum", "resource"})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DAYS_PER = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30,
              "months": 30, "a": 365, "year": 365, "years": 365}
@@ -431,18 +431,66 @@ def _share_queries(requirements: list[DataRequirement]) -> list[DataRequirement]
     """A requirement that only narrows another's query (by date or limit) reuses its data.
 
     One prefetch key and one fetch then serve both: "prior exposure" and "exposure in
-    the last 6 months" cost the EHR a single query.
+    the last 6 months" cost the EHR a single query, as do IgG in 30 and in 60 days.
+    Where two requirements hold the same data, the one written first keeps the key.
     """
     from dataclasses import replace
 
-    wide = {}
+    order = {r.key: i for i, r in enumerate(requirements)}
+    candidates = [r for r in requirements if r.template and not r.limit and _window(r) is not False]
+    candidates.sort(key=lambda r: (_window(r) is not None, -(_window(r) or 0), order[r.key]))  # widest first
+    source_of: dict[str, str] = {}
     for r in requirements:
-        if not r.date_filters and not r.limit and r.template:
-            wide.setdefault(r.query_signature, r.key)
-    shared = []
-    for r in requirements:
-        source = wide.get(r.query_signature)
-        if source and source != r.key and r.template:
-            r = replace(r, derived_from=source, template=None)
-        shared.append(r)
-    return shared
+        if r.template:
+            source = next((c for c in candidates if c.key != r.key and _covers(c, r, order)
+                           and (order[c.key] < order[r.key] or not _covers(r, c, order))), None)
+            if source is not None:
+                source_of[r.key] = source.key
+    by_template: dict[str, str] = {}
+    for r in requirements:  # identical queries (e.g. unfiltered by NDC code) share one key
+        if r.template and r.key not in source_of:
+            first = by_template.setdefault(r.template, r.key)
+            if first != r.key:
+                source_of[r.key] = first
+    for key in list(source_of):  # follow chains to the widest query, so one fetch feeds all
+        root = source_of[key]
+        while root in source_of:
+            root = source_of[root]
+        source_of[key] = root
+    return [replace(r, derived_from=source_of[r.key], template=None) if r.key in source_of else r
+            for r in requirements]
+
+
+def _window(r: DataRequirement) -> int | None | bool:
+    """None: no date filter; N: a single N-day look-back; False: anything else."""
+    if not r.date_filters:
+        return None
+    only = r.date_filters[0]
+    if len(r.date_filters) == 1 and only.days is not None and not only.start and not only.end:
+        return only.days
+    return False
+
+
+def _covers(source: DataRequirement, r: DataRequirement, order: dict[str, int]) -> bool:
+    """Whether the source's data holds all of r's: same type, every source filter matched
+    by one of r's at least as narrow (r may add filters), a window at least as wide."""
+    if source.type != r.type or not all(any(_narrower(mine, theirs) for mine in r.code_filters)
+                                        for theirs in source.code_filters):
+        return False
+    first = order[source.key] < order[r.key]
+    wide, narrow = _window(source), _window(r)
+    if wide is None:
+        return narrow is not None or source.query_signature != r.query_signature or first
+    if narrow is None or narrow is False or source.date_filters[0].paths != r.date_filters[0].paths:
+        return False
+    return wide > narrow or (wide == narrow and first)
+
+
+def _narrower(mine: CodeFilter, theirs: CodeFilter) -> bool:
+    if mine.path != theirs.path:
+        return False
+    if theirs.value_set is not None:
+        if mine.value_set is None:
+            return all(system and theirs.value_set.contains(system, code) for system, code in mine.codes)
+        return all(theirs.value_set.contains(c.system, c.code) for c in mine.value_set.concepts)
+    return mine.value_set is None and bool(mine.codes) and mine.codes <= theirs.codes

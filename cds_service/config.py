@@ -1,8 +1,9 @@
 """Settings: embedded defaults, then an optional TOML file, then MM_CDS_* environment variables.
 
-    MM_CDS_CONFIG=path/to/settings.toml   the file (keys as in Settings, lower case)
+    MM_CDS_CONFIG=path/to/settings.toml   the file (keys as in Settings, lower case;
+                                          the [security] table is read by security.py)
     MM_CDS_HOST, MM_CDS_PORT, MM_CDS_SITE_DIRS (':'-separated), MM_CDS_EXPLAIN=1,
-    MM_CDS_FETCH_TIMEOUT, MM_CDS_CANONICAL_BASE, MM_CDS_LOG_LEVEL, ...
+    MM_CDS_FETCH_TIMEOUT, MM_CDS_CANONICAL_BASE, MM_CDS_LOG_LEVEL, MM_CDS_DATABASE_URL, ...
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class Settings:
     workers: int = 0  # 0: one per core, plus one
     threads: int = 4
     graceful_timeout: int = 30
+    # The URL callers use to reach the service (scheme, host, port, any path prefix); the
+    # JWT audience is built from it. Empty: from the request URL (fine without a proxy).
+    public_base_url: str = ""
+    data_dir: str = "./data"  # the SQLite feedback database lives here
+    database_url: str = ""  # postgresql://... : feedback in PostgreSQL instead of SQLite
+    feedback_queue_size: int = 10000  # writes waiting for the background writer
+    feedback_wait: float = 10.0  # seconds a feedback POST waits for its commit, then 503
+    security: dict[str, Any] = field(default_factory=dict)  # the [security] table
+    config_file: str = ""  # set by load(): relative paths in [security] resolve beside it
 
     @property
     def directories(self) -> tuple[str, ...]:
@@ -73,6 +83,7 @@ def load(values: dict[str, Any] | None = None, environ: dict[str, str] | None = 
     if path:
         with open(path, "rb") as fh:
             merged.update(tomllib.load(fh))
+        merged["config_file"] = str(Path(path).resolve())
     names = {f.name: f.type for f in fields(Settings)}
     for name in names:
         key = f"MM_CDS_{name.upper()}"

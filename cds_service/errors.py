@@ -3,13 +3,21 @@
     CdsError
     ├── KnowledgeError            a knowledge artifact is invalid: start-up stops
     │     .problems: list[Problem] (file, resource id, element, message)
+    ├── ConfigurationError        the settings are unusable or unsafe (bad [security] table,
+    │                             off-loopback without trusted issuers, database unreachable):
+    │                             start-up stops
     ├── RequestError              the caller sent something we cannot use -> HTTP 4xx
     │   ├── InvalidRequest        400: body or field invalid (names the field)
+    │   ├── Unauthenticated       401: bearer JWT missing where required, or refused; the
+    │   │                         answer carries WWW-Authenticate with the reason
     │   ├── ServiceNotFound       404: no service with that id
     │   ├── PayloadTooLarge       413: body over the configured limit
     │   └── DataUnavailable       412: required data neither prefetched nor fetchable
-    └── FetchError                one FHIR query failed (timeout, HTTP status, bad JSON);
-                                  caught by data assembly and turned into DataUnavailable
+    ├── StoreUnavailable          the feedback database did not commit in time -> HTTP 503
+    │                             (the write stays queued; the client's retry is idempotent)
+    └── FetchError                one FHIR query (or a JWKS download) failed (timeout, HTTP
+                                  status, bad JSON); data assembly turns it into
+                                  DataUnavailable, token checking into Unauthenticated
           .kind: one of FETCH_KINDS (a metrics label), .reason: the text the 412 quotes
 
 Evaluation never raises for clinical data: a condition that errors counts as false and
@@ -69,6 +77,13 @@ class InvalidRequest(RequestError):
     code = "invalid"
 
 
+class Unauthenticated(RequestError):
+    """The bearer JWT is missing (where one is required) or was refused; message says why."""
+
+    status = 401
+    code = "login"
+
+
 class ServiceNotFound(RequestError):
     status = 404
     code = "not-found"
@@ -91,6 +106,14 @@ class DataUnavailable(RequestError):
 # Why a fetch failed, as a small fixed set: the `outcome` label of the fetch metrics.
 FETCH_KINDS = ("timeout", "connection", "http_status", "not_json", "operation_outcome",
                "other_server", "too_large", "too_many_pages", "request")
+
+
+class ConfigurationError(CdsError):
+    """The settings cannot be used (or would be unsafe); the service must not start."""
+
+
+class StoreUnavailable(CdsError):
+    """The feedback database did not confirm a write in time."""
 
 
 class FetchError(CdsError):

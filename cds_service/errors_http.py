@@ -7,7 +7,7 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .errors import DataUnavailable, RequestError
+from .errors import DataUnavailable, RequestError, StoreUnavailable, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,19 @@ def register(app: Flask) -> None:
     def request_error(exc: RequestError):
         fields = exc.keys if isinstance(exc, DataUnavailable) else ([exc.field] if exc.field else None)
         g.error_field = exc.field
-        return jsonify(outcome(exc.message, exc.code, fields)), exc.status
+        response = jsonify(outcome(exc.message, exc.code, fields))
+        response.status_code = exc.status
+        if isinstance(exc, Unauthenticated):
+            response.headers["WWW-Authenticate"] = (
+                f'Bearer error="invalid_token", error_description="{_header_safe(exc.message)}"')
+        return response
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable):
+        response = jsonify(outcome(f"feedback not stored yet ({exc}); send it again", "transient"))
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -42,3 +54,9 @@ def register(app: Flask) -> None:
     def unexpected(exc: Exception):
         log.error("unhandled error", exc_info=exc, extra={"event": "error"})
         return jsonify(outcome("internal error; the service log has the details", "exception")), 500
+
+
+def _header_safe(text: str) -> str:
+    """A quoted-string for WWW-Authenticate: printable ASCII, no quote or backslash."""
+    cleaned = "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)
+    return cleaned[:300]

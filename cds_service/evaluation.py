@@ -45,6 +45,7 @@ class Outcome:
     value: Any = None
     error: str | None = None
     description: str | None = None
+    note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {"element": self.element, "expression": self.expression}
@@ -54,6 +55,8 @@ class Outcome:
             out["error"] = self.error
         else:
             out["value"] = self.value
+        if self.note:
+            out["note"] = self.note
         return out
 
 
@@ -95,6 +98,7 @@ class _Run:
         self.evaluator = Evaluator(self.scope, data.patient)
         self.variables: dict[str, Outcome] = {}
         base = {
+            "hook": data.hook,
             "hookContext": data.context,
             "patient": [data.patient] if data.patient else [],
             "draftOrders": data.draft_orders,
@@ -134,7 +138,9 @@ class _Run:
             return outcome
         plain_value = plain(value)
         outcome.value = plain_value[0] if len(plain_value) == 1 else plain_value
-        if plain_value not in ([True], [False]):
+        if not plain_value:
+            outcome.note = "empty (no data to decide on): counted as false"
+        elif plain_value not in ([True], [False]):
             outcome.error = f"not a boolean: {_summary(value)!r}; counted as false"
         return outcome
 

@@ -7,9 +7,12 @@ EOF). The resulting AST is the one fhirpathpy evaluates, so it is built once per
 expression and reused for every request.
 
 Functions added to FHIRPath (all answered locally, never by a terminology server):
-  memberOf(url)   Coding / CodeableConcept / code / Reference(Medication) in a ValueSet
-  toUnit(unit)    a Quantity converted to a UCUM unit, as a decimal (empty if not convertible)
-  daysSince()     whole days from a date/dateTime to the request's "today"
+  memberOf(url)          Coding / CodeableConcept / code in a ValueSet
+  toUnit(unit)           a Quantity converted to a UCUM unit, as a decimal (empty if not convertible)
+  convertsToUnit(unit)   whether a Quantity converts to that unit (no trace note either way)
+  daysSince()            whole days from a date/dateTime to the request's "today"
+  display()              the display of a Coding / CodeableConcept: from the loaded
+                         terminology, else the coding's own display, else the text
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from . import units
+from . import fhirpath_speedups, units
 from .fhirdata import codings, parse_date
 from .terminology import Terminology
 
 R4 = models["r4"]
-EXTRA_FUNCTIONS = ("memberOf", "toUnit", "daysSince")
+EXTRA_FUNCTIONS = ("memberOf", "toUnit", "convertsToUnit", "daysSince", "display")
 KNOWN_FUNCTIONS = frozenset(invocation_registry) | frozenset(EXTRA_FUNCTIONS)
 
 
@@ -88,7 +91,7 @@ def parse(source: str) -> Expression:
         variables=frozenset(names),
         functions=frozenset(functions),
         value_sets=tuple(_literal_arg(node) for fn, node in calls if fn == "memberOf" and _literal_arg(node)),
-        units=tuple(_literal_arg(node) for fn, node in calls if fn == "toUnit" and _literal_arg(node)),
+        units=tuple(_literal_arg(node) for fn, node in calls if fn in ("toUnit", "convertsToUnit") and _literal_arg(node)),
     )
 
 
@@ -176,6 +179,42 @@ def _to_unit(inputs: list, unit: str) -> Any:
         return []
 
 
+def _converts_to_unit(inputs: list, unit: str) -> Any:
+    if len(inputs) != 1:
+        return []
+    item = inputs[0]
+    if isinstance(item, FP_Quantity):
+        source_unit = item.unit.strip("'")
+    elif isinstance(item, dict):
+        source_unit = item.get("code") or item.get("unit")
+    else:
+        return False
+    try:
+        units.conversion_factor(source_unit or "", unit)
+        return bool(source_unit)
+    except units.UnitError:
+        return False
+
+
+def _display(inputs: list) -> Any:
+    terminology = _scope.get().terminology
+    out = []
+    for item in inputs:
+        if not isinstance(item, dict):
+            continue
+        found = None
+        for system, code in codings(item):
+            found = terminology.display(system, code)
+            if found:
+                break
+        if not found:
+            own = [c.get("display") for c in item.get("coding") or [] if isinstance(c, dict) and c.get("display")]
+            found = own[0] if own else item.get("display") or item.get("text")
+        if found:
+            out.append(found)
+    return out
+
+
 def _days_since(inputs: list) -> Any:
     if not inputs:
         return []
@@ -200,11 +239,17 @@ _FUNCTIONS = {
         {
             "memberOf": {"fn": _member_of, "arity": {1: ["String"]}},
             "toUnit": {"fn": _to_unit, "arity": {1: ["String"]}},
+            "convertsToUnit": {"fn": _converts_to_unit, "arity": {1: ["String"]}},
             "daysSince": {"fn": _days_since},
+            "display": {"fn": _display},
         }
     ),
     "single": {"fn": _single},
 }
+
+
+fhirpath_speedups.install()
+_REGISTRY = fhirpath_speedups.registry_for(_FUNCTIONS)
 
 
 class Environment(dict):
@@ -255,7 +300,8 @@ class Evaluator:
         token = _scope.set(self.scope)
         try:
             constants.reset()
-            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS}
+            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
+                   "registry": _REGISTRY}
             return arraify(do_eval(ctx, self.root, expr.ast["children"][0]))
         except EvaluationError:
             raise

@@ -25,6 +25,9 @@ Logs: gunicorn's own lines go through the service's JSON formatter; the access l
 off because the service logs one JSON line per request itself (status, latency,
 service, codes; never patient data).
 
+Feedback: the writer (a thread and a database connection) is opened in each worker, after
+the fork; the master's is closed before it (pre_fork, post_fork, worker_exit below).
+
 Metrics: prometheus_client multiprocess mode. PROMETHEUS_MULTIPROC_DIR must be set before
 prometheus_client is first imported, so it is set here, before cds_service is imported:
 if unset, a fresh private directory (removed at exit); if set by the operator, it is
@@ -104,6 +107,28 @@ loglevel = _settings.log_level.lower()
 errorlog = "-"
 accesslog = None
 control_socket_disable = True  # no gunicornc; two instances on one host would share its socket path
+
+
+# The feedback writer is a thread and a database connection: neither survives a fork, so
+# the master's (opened by create_app during preload) is closed before the first fork and
+# each worker opens its own. Without this, feedback in a worker waits and answers 503.
+def _state(server):
+    return server.app.wsgi().extensions["mm_cds"]  # the preloaded app
+
+
+def pre_fork(server, worker) -> None:
+    _state(server).feedback.close()  # a no-op once closed
+
+
+def post_fork(server, worker) -> None:
+    from cds_service.feedback_writer import open_writer
+
+    state = _state(server)
+    state.feedback = open_writer(state.settings)
+
+
+def worker_exit(server, worker) -> None:
+    _state(server).feedback.close()  # what the worker queued reaches the database
 
 
 def child_exit(server, worker) -> None:

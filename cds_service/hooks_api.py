@@ -11,7 +11,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import hooks
 from .app import state
+from .auth_http import may_explain
 from .errors import InvalidRequest, PayloadTooLarge, ServiceNotFound
+from .feedback_db import card_rows
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
@@ -31,7 +33,8 @@ def _log_request(response: Response) -> Response:
         "status": response.status_code,
         "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
     }
-    for key in ("service", "hook", "hook_instance", "codes", "fetched", "error_field"):
+    for key in ("service", "hook", "hook_instance", "codes", "fetched", "error_field", "client", "auth_refused",
+                "feedback"):
         if key in g:
             entry[key] = g.get(key)
     log.info("request", extra=entry)
@@ -87,8 +90,11 @@ def call_service(service_id: str) -> Response:
     g.service, g.hook = service.id, service.hook
     if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
         g.hook_instance = body["hookInstance"][:64]
-    explain = current.settings.explain_enabled and _explain_requested()
-    outcome = hooks.call(current.kb, service, body, current.clock(), current.fetch, explain)
+    explain = current.settings.explain_enabled and _explain_requested() and may_explain()
+    now = current.clock()
+    outcome = hooks.call(current.kb, service, body, now, current.fetch, explain)
     g.codes = [card.code for card in outcome.issued]
     g.dropped = outcome.dropped
+    # Remembered off the request path (background writer) so feedback can be linked.
+    current.feedback.record_cards(card_rows(service.id, body["hookInstance"], outcome.issued, now))
     return jsonify(outcome.response)

@@ -3,8 +3,8 @@
 cds_service/openapi.yaml is the source. Its request, context, response and feedback
 schemas are references to the JSON Schemas the service validates with (schemas/*.json),
 so the description cannot drift from what is enforced. The served copy inlines them, so
-it stands alone, and adds one concrete path per loaded service (its hook and context
-schema): a client or a fuzzer sees exactly what each service accepts.
+it stands alone, and adds concrete paths per loaded service (its call, with its hook and
+context schema, and its feedback): a client or a fuzzer sees exactly what each accepts.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def build(services: list[Service]) -> dict[str, Any]:
         if ref.startswith("schemas/"):
             schemas[name] = _inline(ref, f"{SCHEMAS}/{name}")
     generic = doc["paths"]["/cds-services/{serviceId}"]["post"]
+    feedback = doc["paths"]["/cds-services/{serviceId}/feedback"]["post"]
     for service in services:
         if f"context-{service.hook}" in schemas:
             doc["paths"][f"/cds-services/{service.id}"] = {"post": _service_operation(generic, service)}
+        doc["paths"][f"/cds-services/{service.id}/feedback"] = {"post": _concrete(feedback, service, "feedback")}
     return doc
 
 
@@ -60,11 +62,17 @@ def _repoint(node: Any, at: str) -> Any:
     return node
 
 
-def _service_operation(generic: dict[str, Any], service: Service) -> dict[str, Any]:
+def _concrete(generic: dict[str, Any], service: Service, verb: str) -> dict[str, Any]:
+    """The generic operation for one service: its own id, no serviceId parameter."""
     operation = copy.deepcopy(generic)
-    operation["operationId"] = f"call-{service.id}"
-    operation["summary"] = f"{service.hook}: {service.plan.title or service.id}"
+    operation["operationId"] = f"{verb}-{service.id}"
+    operation["summary"] = f"{verb} ({service.hook}): {service.plan.title or service.id}"
     operation["parameters"] = [p for p in operation["parameters"] if not p["$ref"].endswith("/serviceId")]
+    return operation
+
+
+def _service_operation(generic: dict[str, Any], service: Service) -> dict[str, Any]:
+    operation = _concrete(generic, service, "call")
     body = {"allOf": [{"$ref": f"{SCHEMAS}/request"},
                       {"properties": {"hook": {"const": service.hook},
                                       "context": {"$ref": f"{SCHEMAS}/context-{service.hook}"}}}]}

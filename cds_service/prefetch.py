@@ -15,6 +15,7 @@ from typing import Any
 
 from .model import CodeFilter, DateFilter
 from .search_params import PATIENT_PARAM
+from .terminology import NDC
 
 _TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _TODAY = re.compile(r"^today\(\)(?:\s*([+-])\s*(\d+)\s*days?)?$")
@@ -81,6 +82,8 @@ def build_template(
         return "Patient/{{context.patientId}}"
     params = [f"{PATIENT_PARAM}={{{{context.patientId}}}}"]
     for cf in code_filters:
+        if not server_can_filter(cf):
+            continue  # fetched unfiltered by code; the retrieve filters by product here
         params.append(f"{cf.search_param}={','.join(_filter_codes(cf))}")
     for df in date_filters:
         if df.search_param is None:
@@ -92,6 +95,15 @@ def build_template(
         if df.end:
             params.append(f"{df.search_param}=le{df.end}")
     return f"{resource_type}?" + "&".join(params)
+
+
+def server_can_filter(cf: CodeFilter) -> bool:
+    """Whether the EHR's token search can apply this filter without losing records.
+
+    Value sets list NDC products (labeler-product), while records carry package codes;
+    token search is exact, so a search by product NDC would miss them.
+    """
+    return cf.value_set is None or all(c.system != NDC for c in cf.value_set.concepts)
 
 
 def _filter_codes(cf: CodeFilter) -> list[str]:

@@ -110,6 +110,7 @@ class Terminology:
         self._expanded: dict[str, ExpandedValueSet] = {}
         self._in_progress: set[str] = set()
         self._all_codes: dict[str, set[str]] = {}
+        self._displays: dict[tuple[str, str], str] | None = None
 
     # -- building -----------------------------------------------------------------
     def expand_all(self) -> Iterator[tuple[str, ExpansionError]]:
@@ -216,6 +217,21 @@ class Terminology:
         if not system or not code:
             return False
         return normalise(system, code) in self._all_codes.get(system, ())
+
+    def display(self, system: str | None, code: str) -> str | None:
+        """The display of a code: its CodeSystem's, else the first value set listing it."""
+        if not system:
+            return None
+        found = self.code_display(system, code)
+        if found:
+            return found
+        if self._displays is None:
+            self._displays = {}
+            for expanded in self._expanded.values():
+                for concept in expanded.concepts:
+                    if concept.display:
+                        self._displays.setdefault((concept.system, normalise(concept.system, concept.code)), concept.display)
+        return self._displays.get((system, normalise(system, code)))
 
     def code_display(self, system: str, code: str) -> str | None:
         cs = self._code_systems.get(system)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,16 @@ from .support.harness import Harness, Scenario, load_library
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
+_DATA_DIR = tempfile.mkdtemp(prefix="mm-cds-test-data-")
+
+
+def pytest_configure(config):
+    # Every app the tests build keeps its feedback database here, not in ./data.
+    os.environ["MM_CDS_DATA_DIR"] = _DATA_DIR
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +44,9 @@ def kb():
 
 @pytest.fixture()
 def app(kb):
-    return create_app({"explain_enabled": True}, kb=kb, clock=lambda: NOW)
+    app = create_app({"explain_enabled": True}, kb=kb, clock=lambda: NOW)
+    yield app
+    app.extensions["mm_cds"].feedback.close()
 
 
 @pytest.fixture()
@@ -113,3 +128,20 @@ class ScenarioFailure(Exception):
         actions = trace.get("org.myeloma-cds.explain", {}).get("actions", [])
         summary = json.dumps(actions, indent=1)[:6000]
         super().__init__("\n".join(problems) + "\n--- trace (actions) ---\n" + summary)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster started for this test run. In CI it must start: no skipping."""
+    from .support.postgres import PostgresCluster, binaries
+
+    bindir = binaries()
+    if bindir is None:
+        message = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (.ci/run installs them)", pytrace=False)
+        pytest.skip(message)
+    cluster = PostgresCluster(bindir).start()
+    yield cluster
+    cluster.stop()

@@ -39,8 +39,10 @@ def test_discovery_lists_one_service_per_hook_with_prefetch_templates(client):
     sign = services["mm-tcell-order-sign"]
     assert sign["title"] and sign["description"]
     assert sign["prefetch"]["patient"] == "Patient/{{context.patientId}}"
-    assert sign["prefetch"]["hbsag"].startswith("Observation?patient={{context.patientId}}&code=http://loinc.org|5196-1")
-    assert "date=ge{{today() - 365 days}}" in sign["prefetch"]["hbsag"]
+    assert sign["prefetch"]["hcvAntibody"].startswith("Observation?patient={{context.patientId}}&code=http://loinc.org|16128-1")
+    assert "date=ge{{today() - 365 days}}" in sign["prefetch"]["hcvAntibody"]
+    # NDC products cannot be searched by token (records carry package codes): no code filter
+    assert sign["prefetch"]["bsabAdministrations"] == "MedicationAdministration?patient={{context.patientId}}&status=completed"
     # a window over another key's query shares that key: one fetch, not two
     assert "bsabAdministrations" in sign["prefetch"] and "recentBsabAdministrations" not in sign["prefetch"]
     # no codes shipped for immune globulin: nothing to ask the EHR for
@@ -56,7 +58,7 @@ def test_a_call_returns_cards_with_the_2_0_fields(client):
     assert response.status_code == 200
     cards = response.get_json()["cards"]
     codes = {c["source"]["topic"]["code"] for c in cards}
-    assert codes == {"SEQ-1", "SCR-1", "SCR-3"}
+    assert codes == {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1"}
     uuids = [c["uuid"] for c in cards] + [s["uuid"] for c in cards for s in c.get("suggestions", [])]
     assert len(set(uuids)) == len(uuids)
     seq1 = next(c for c in cards if c["source"]["topic"]["code"] == "SEQ-1")
@@ -127,7 +129,7 @@ def test_missing_prefetch_and_no_fhir_server_is_412_naming_the_keys(client):
     response = client.post(SIGN, json=order_sign())
     assert response.status_code == 412
     body = response.get_json()
-    assert "patient" in body["issue"][0]["expression"] and "hbsag" in body["issue"][0]["expression"]
+    assert "patient" in body["issue"][0]["expression"] and "hbsagResults" in body["issue"][0]["expression"]
     assert "no fhirServer" in body["issue"][0]["diagnostics"]
 
 
@@ -158,7 +160,10 @@ def test_a_chunked_body_over_the_limit_is_413_and_one_under_it_is_read_whole(kb,
         assert big.json()["issue"][0]["diagnostics"] == f"request body larger than {limit} bytes"
         whole = requests.post(base + SIGN, data=chunks(padded), headers={"Content-Type": "application/json"})
         assert whole.status_code == 200
-        assert {c["source"]["topic"]["code"] for c in whole.json()["cards"]} == {"SEQ-1", "SCR-1", "SCR-3"}
+        sent_whole = requests.post(base + SIGN, data=padded, headers={"Content-Type": "application/json"})
+        assert sent_whole.request.headers["Content-Length"] == str(limit)
+        codes = [{c["source"]["topic"]["code"] for c in r.json()["cards"]} for r in (whole, sent_whole)]
+        assert codes[0] and codes[0] == codes[1]  # the chunked body was read whole
 
 
 def test_wrong_method_and_unknown_path_answer_json(client):
@@ -214,6 +219,6 @@ def test_a_card_the_response_schema_refuses_is_dropped_and_logged(tmp_path, kb, 
     client = app.test_client()
     response = client.post(SIGN, json=order_sign(prefetch=full_prefetch(client)))
     codes = {c["source"]["topic"]["code"] for c in response.get_json()["cards"]}
-    assert codes == {"SEQ-1", "SCR-1"}  # SCR-3 built a 150-character summary: dropped
+    assert "SCR-3" not in codes and {"SEQ-1", "SCR-1"} <= codes  # SCR-3 built a 150-character summary
     dropped = [r for r in caplog.records if getattr(r, "event", None) == "card_dropped"]
     assert dropped and dropped[0].code == "SCR-3"

@@ -52,7 +52,7 @@ def test_an_erroring_or_non_boolean_condition_is_false_and_recorded(tmp_path, ex
     outcomes = {c.action.code["code"]: c.outcomes[0] for c in result.cards}
     assert outcomes["SEQ-1"].error
     assert "not a boolean" in outcomes["SEQ-2"].error
-    assert outcomes["SEQ-3"].value == [] and outcomes["SEQ-3"].error
+    assert outcomes["SEQ-3"].value == [] and "counted as false" in outcomes["SEQ-3"].note
 
 
 def test_variables_are_evaluated_only_when_used_unless_explaining(tmp_path):

@@ -8,7 +8,9 @@
    not URLs...), sent with prefetch and through the fetch path.
 
 Every answer: no 5xx, no stack trace, every 4xx a JSON OperationOutcome; answers to
-valid requests also conform to the description. The number of requests is printed at
+valid requests also conform to the description. Deterministic for a given selection of
+tests: Hypothesis and schemathesis also draw values from literals of the project's loaded
+modules, so running this file alone explores other (equally many) examples than `make test`. The number of requests is printed at
 the end of the run (conftest.pytest_terminal_summary). Nothing leaves the process: FHIR
 fetches are answered by a canned transport, whatever fhirServer the fuzzer invents.
 """
@@ -37,12 +39,13 @@ CONFORMANCE = [status_code_conformance, content_type_conformance, response_schem
 
 
 @pytest.fixture()
-def fuzz_app(kb, caplog):
+def fuzz_app(kb, caplog, tmp_path):
     caplog.set_level(logging.CRITICAL)  # thousands of request lines are not worth keeping
     transport = CannedTransport()
-    app = create_app({"explain_enabled": True, "fetch_timeout": 1.0, "site_dirs": (str(EXAMPLE_SITE),)},
-                     transport=transport, clock=lambda: NOW)
-    return app, transport
+    app = create_app({"explain_enabled": True, "fetch_timeout": 1.0, "site_dirs": (str(EXAMPLE_SITE),),
+                      "data_dir": str(tmp_path / "data")}, transport=transport, clock=lambda: NOW)
+    yield app, transport
+    app.extensions["mm_cds"].feedback.close()
 
 
 def _has_input(operation) -> bool:

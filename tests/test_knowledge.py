@@ -30,8 +30,16 @@ def test_a_site_value_set_replaces_the_shipped_companion_and_is_logged(tmp_path,
     replaced = [r for r in caplog.records if getattr(r, "event", None) == "artifact_replaced"]
     assert [r.url for r in replaced] == [f"{B}/ValueSet/linvoseltamab-site"]
     assert replaced[0].by.endswith("linvo.json")
-    # prefetch templates are built after the replacement, so they ask for the site code too
-    assert "urn:local|LINVO" in kb.services["mm-tcell-order-sign"].prefetch["bsabRequests"]
+    # bispecifics are fetched unfiltered by code (NDC), and filtered here with the site code
+    assert kb.services["mm-tcell-order-sign"].plan.requirements[2].code_filters[0].value_set.contains("urn:local", "LINVO")
+
+
+def test_prefetch_templates_are_built_after_site_replacement(tmp_path):
+    site = tmp_path / "site"
+    write(site, "acv.json", {"resourceType": "ValueSet", "id": "acyclovir-site", "url": f"{B}/ValueSet/acyclovir-site",
+                             "status": "active", "compose": {"include": [{"system": "urn:local", "concept": [{"code": "ACV-8"}]}]}})
+    kb = load(site)
+    assert "urn:local|ACV-8" in kb.services["mm-tcell-order-sign"].prefetch["hsvProphylaxisRequests"]
 
 
 def test_expansion_contains_and_exclude_are_honoured(tmp_path):

@@ -63,7 +63,7 @@ def test_the_bodies_are_described_by_the_schemas_the_service_validates_with(clie
         assert components[name] == json.loads(text), name
 
 
-def test_each_service_has_a_path_with_its_hook_and_context_schema(client):
+def test_each_service_has_paths_for_its_calls_and_its_feedback(client):
     document = described(client)
     for service in client.get("/cds-services").get_json()["services"]:
         operation = document["paths"][f"/cds-services/{service['id']}"]["post"]
@@ -72,3 +72,5 @@ def test_each_service_has_a_path_with_its_hook_and_context_schema(client):
         assert body[1]["properties"] == {"hook": {"const": service["hook"]},
                                          "context": {"$ref": f"#/components/schemas/context-{service['hook']}"}}
         assert set(operation["responses"]) >= {"200", "400", "404", "412", "413"}
+        feedback = document["paths"][f"/cds-services/{service['id']}/feedback"]["post"]
+        assert feedback["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/feedback"}

@@ -22,7 +22,9 @@ SIGN = "/cds-services/mm-tcell-order-sign"
 
 @pytest.fixture(scope="module")
 def production(tmp_path_factory):
-    server = Gunicorn(tmp_path_factory.mktemp("gunicorn"), workers="2", max_request_bytes="20000")
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    server = Gunicorn(workdir, workers="2", max_request_bytes="20000", data_dir=str(workdir / "data"),
+                      feedback_wait="3")
     server.wait_ready()
     yield server
     server.stop()
@@ -32,19 +34,39 @@ def discovery(base: str) -> dict:
     return {s["id"]: s for s in requests.get(base + "/cds-services", timeout=10).json()["services"]}
 
 
-def test_gunicorn_serves_discovery_calls_health_ready_and_the_description(production):
+def codes(cards: list[dict]) -> set[str]:
+    return {c["source"]["topic"]["code"] for c in cards}
+
+
+def test_gunicorn_serves_discovery_calls_health_ready_and_the_description(production, client):
     base = production.base
     services = discovery(base)
-    assert {s["hook"] for s in services.values()} == {"order-select", "order-sign", "patient-view"}
+    assert services == {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}
     body = order_sign(prefetch=empty_prefetch(services["mm-tcell-order-sign"], {"resourceType": "Patient", "id": "p1"}))
     call = requests.post(base + SIGN, json=body, timeout=10)
     assert call.status_code == 200
-    assert {c["source"]["topic"]["code"] for c in call.json()["cards"]} == {"SEQ-1", "SCR-1", "SCR-3"}
+    in_process = codes(client.post(SIGN, json=body).get_json()["cards"])
+    assert in_process and codes(call.json()["cards"]) == in_process
     assert requests.get(base + "/health", timeout=10).json() == {"status": "ok"}
     ready = requests.get(base + "/ready", timeout=10)
     assert ready.status_code == 200
     assert ready.json()["knowledge"]["services"] == len(services) and len(ready.json()["knowledge"]["fingerprint"]) == 16
     assert requests.get(base + "/openapi.json", timeout=10).json()["openapi"] == "3.1.0"
+
+
+def test_feedback_is_stored_by_the_workers(production):
+    """The feedback writer (a thread and a database connection) is opened in each worker:
+    one made in the master before the fork would leave the workers without it (503)."""
+    base = production.base
+    services = discovery(base)
+    body = order_sign(prefetch=empty_prefetch(services["mm-tcell-order-sign"], {"resourceType": "Patient", "id": "p1"}))
+    cards = requests.post(base + SIGN, json=body, timeout=10).json()["cards"]
+    assert cards
+    for card in cards:  # new connections: the kernel spreads them over both workers
+        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-06-15T12:05:31Z"}
+        answer = requests.post(base + SIGN + "/feedback", json={"feedback": [item]}, timeout=10,
+                               headers={"Connection": "close"})
+        assert answer.status_code == 200, answer.text
 
 
 def test_metrics_are_summed_over_the_workers(production):

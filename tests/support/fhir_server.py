@@ -82,25 +82,29 @@ def _matches(kind: str, resource: dict, name: str, value: str) -> bool:
     if name == "_id":
         return resource.get("id") in value.split(",")
     if name == "code":
-        element = resource.get(CODE_ELEMENTS.get(kind, "code")) or {}
-        pairs = {(c.get("system"), c.get("code")) for c in element.get("coding", [])}
-        for token in value.split(","):
-            system, _, code = token.rpartition("|")
-            if (system or None, code) in pairs or (not system and any(c == code for _, c in pairs)):
-                return True
-        return False
+        return _token_matches(resource.get(CODE_ELEMENTS.get(kind, "code")), value)
     if name in TOKEN_ELEMENTS:
-        element = resource.get(TOKEN_ELEMENTS[name])
-        if isinstance(element, str):
-            codes = {element}
-        elif isinstance(element, dict):
-            codes = {c.get("code") for c in element.get("coding", [])} | {element.get("code")}
-        else:
-            codes = set()
-        return bool(codes & set(value.split(",")))
+        return _token_matches(resource.get(TOKEN_ELEMENTS[name]), value)
     if (kind, name) in DATE_ELEMENTS:
         return _date_matches(resource, DATE_ELEMENTS[(kind, name)], value)
     raise ValueError(f"unsupported search parameter '{name}' for {kind}")
+
+
+def _token_matches(element, value: str) -> bool:
+    """FHIR token search: any of the comma-separated [system|]code tokens matches."""
+    if isinstance(element, str):
+        pairs = {(None, element)}
+    elif isinstance(element, dict):
+        pairs = {(c.get("system"), c.get("code")) for c in element.get("coding", [])}
+        if element.get("code"):
+            pairs.add((element.get("system"), element["code"]))
+    else:
+        pairs = set()
+    for token in value.split(","):
+        system, bar, code = token.rpartition("|")
+        if (bar and (system or None, code) in pairs) or (not bar and any(c == code for _, c in pairs)):
+            return True
+    return False
 
 
 def _date_matches(resource: dict, elements: tuple[str, ...], value: str) -> bool:

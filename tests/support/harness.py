@@ -58,18 +58,23 @@ class Scenario:
     modes: tuple[str, ...] = ("prefetch", "fetch")
 
     @classmethod
-    def from_yaml(cls, raw: dict, defaults: dict, library: dict[str, dict]) -> Scenario:
+    def from_yaml(cls, raw: dict, defaults: dict, library: dict[str, Any]) -> Scenario:
         merged = {**defaults, **raw}
         patient = merged.get("patient", "p1")
         now = merged.get("now", "2026-06-15T12:00:00Z")
         if isinstance(now, str):
             now = dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+        omit = set(defaults.get("omit") or []) | set(raw.get("omit") or [])
+        unknown = omit - _baseline_names(merged.get("baseChart"), merged.get("baseDraftOrders"), library=library)
+        if unknown:  # a typo here would quietly test nothing
+            raise ValueError(f"scenario '{raw['name']}' omits {sorted(unknown)}, which the baseline does not hold")
+        chart = _base(merged.get("baseChart"), library, omit) + (raw.get("chart") or [])
+        drafts = _base(merged.get("baseDraftOrders"), library, omit) + (raw.get("draftOrders") or [])
         return cls(
             name=raw["name"],
             hook=merged["hook"],
-            chart=[_resource(item, library, patient, i)
-                   for i, item in enumerate((merged.get("baseChart") or []) + (raw.get("chart") or []))],
-            draft_orders=[_resource(item, library, patient, i, "draft") for i, item in enumerate(merged.get("draftOrders") or [])],
+            chart=[_resource(item, library, patient, i) for i, item in enumerate(chart)],
+            draft_orders=[_resource(item, library, patient, i, "draft") for i, item in enumerate(drafts)],
             expect=set(raw.get("expect") or []),
             now=now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc),
             patient=patient,
@@ -90,6 +95,16 @@ class Scenario:
         if self.hook == "order-select":
             context["selections"] = self.selections or [f"{r['resourceType']}/{r['id']}" for r in self.draft_orders]
         return context
+
+
+def _base(base: str | list | None, library: dict[str, Any], omit: set[str]) -> list[dict]:
+    """A baseline: a list of items, or the name of a list kept in the library."""
+    items = library[base] if isinstance(base, str) else (base or [])
+    return [item for item in items if item.get("use") not in omit]
+
+
+def _baseline_names(*bases: str | list | None, library: dict[str, Any]) -> set[str]:
+    return {item.get("use") for base in bases for item in (library[base] if isinstance(base, str) else (base or []))}
 
 
 def _resource(item: dict, library: dict[str, dict], patient: str, index: int, prefix: str = "r") -> dict:

@@ -1,0 +1,110 @@
+"""Speed-ups for fhirpathpy (pinned 2.2.4), installed once; results are unchanged.
+
+Profiling (bench/README.md) showed fhirpathpy re-deriving constant things on every visit
+of every AST node: an identifier's quotes stripped by a regex, a string literal unescaped
+by nine replaces and two regexes, a number literal re-parsed into a Decimal, and, on
+every function call, its ~150-entry function registry merged into a new dict together
+with the caller's functions. Our ASTs are built once at load and never change, so:
+
+- literal and identifier values are computed once and kept on the AST node itself
+  (a private key, so a reloaded knowledge base brings fresh nodes and no stale cache);
+- function calls look the function up in a registry merged once per function table.
+
+tests/test_fhirpath_speedups.py evaluates the FHIRPath cases and every expression of the
+shipped artifacts with and without these, and requires identical results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import fhirpathpy.engine as engine
+from fhirpathpy.engine import util
+from fhirpathpy.engine.evaluators import evaluators
+from fhirpathpy.engine.invocations import invocation_registry
+
+_CACHED = "_mm_value"
+_ORIGINAL = {name: evaluators[name] for name in ("Identifier", "StringLiteral", "NumberLiteral")}
+_ORIGINAL_INVOKE = engine.doInvoke
+_ORIGINAL_INFIX = engine.infix_invoke
+_merged: dict[int, dict[str, dict]] = {}
+
+
+def _remember(evaluate: Callable) -> Callable:
+    def cached(ctx: dict, parent: Any, node: dict) -> list:
+        value = node.get(_CACHED)
+        if value is None:
+            value = node[_CACHED] = evaluate(ctx, parent, node)
+        return list(value)  # a fresh list, as the original returns
+
+    return cached
+
+
+def registry_for(user_table: dict) -> dict[str, dict]:
+    """fhirpathpy's functions overlaid with ours, merged once per table."""
+    merged = _merged.get(id(user_table))
+    if merged is None:
+        merged = _merged[id(user_table)] = {**invocation_registry, **user_table}
+    return merged
+
+
+def _invoke(ctx: dict, fn_name: Any, data: Any, raw_params: Any) -> list:
+    registry = ctx.get("registry")
+    if registry is None:
+        return _ORIGINAL_INVOKE(ctx, fn_name, data, raw_params)
+    if isinstance(fn_name, list) and len(fn_name) == 1:
+        fn_name = fn_name[0]
+    invocation = registry.get(fn_name) if isinstance(fn_name, str) else None
+    if invocation is None:
+        raise Exception(f"Not implemented: {fn_name}")
+    if "nullable_input" in invocation and util.is_nullable(data):
+        return []
+    this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+    if "variadic" in invocation:
+        params = [engine.make_param(ctx, this, invocation["variadic"], p) for p in (raw_params or [])]
+        return util.arraify(invocation["fn"](ctx, util.arraify(data), *params))
+    if "arity" not in invocation:
+        if raw_params is None or util.is_empty(raw_params):
+            return util.arraify(invocation["fn"](ctx, util.arraify(data)))
+        raise Exception(f"{fn_name} expects no params")
+    if invocation["fn"].__name__ == "trace_fn" and raw_params is not None:
+        raw_params = raw_params[:1]
+    count = len(raw_params) if isinstance(raw_params, list) else 0
+    if count not in invocation["arity"]:
+        raise Exception(f"{fn_name} wrong arity: got {count}")
+    types = invocation["arity"][count]
+    params = [ctx, data] + [engine.make_param(ctx, this, types[i], raw_params[i]) for i in range(count)]
+    if "nullable" in invocation and any(util.is_nullable(p) for p in params):
+        return []
+    return util.arraify(invocation["fn"](*params))
+
+
+def _infix(ctx: dict, op: str, data: Any, raw_params: list) -> list:
+    registry = ctx.get("registry")
+    if registry is None:
+        return _ORIGINAL_INFIX(ctx, op, data, raw_params)
+    invocation = registry.get(op)
+    if invocation is None or "fn" not in invocation:
+        raise Exception(f"Not implemented {op}")
+    if len(raw_params) != 2:
+        raise Exception("Infix invoke should have arity 2")
+    types = invocation["arity"][2]
+    params = [ctx] + [engine.make_param(ctx, data, types[i], raw_params[i]) for i in range(2)]
+    if "nullable" in invocation and any(util.is_nullable(p) for p in params):
+        return []
+    return util.arraify(invocation["fn"](*params))
+
+
+def install() -> None:
+    for name, evaluate in _ORIGINAL.items():
+        evaluators[name] = _remember(evaluate)
+    engine.doInvoke = _invoke
+    engine.infix_invoke = _infix
+
+
+def uninstall() -> None:
+    """Back to plain fhirpathpy (for the equivalence test)."""
+    evaluators.update(_ORIGINAL)
+    engine.doInvoke = _ORIGINAL_INVOKE
+    engine.infix_invoke = _ORIGINAL_INFIX
