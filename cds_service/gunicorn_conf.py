@@ -5,7 +5,7 @@
 Every name gunicorn knows is read from this module (other names must start with `_`).
 The service's own settings (config.py: MM_CDS_* variables, the MM_CDS_CONFIG file) give:
 
-  bind              host:port (default 127.0.0.1:8080); gunicorn's --bind overrides it
+  bind              host:port (default 127.0.0.1:8080); a different --bind is refused
   workers           `workers`, or one per core plus one (see below)
   threads           `threads` (4) per worker, gthread workers
   graceful_timeout  `graceful_timeout` (30 s): in-flight calls finish on SIGTERM
@@ -40,6 +40,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 _MASTER = os.getpid()
@@ -107,6 +108,16 @@ loglevel = _settings.log_level.lower()
 errorlog = "-"
 accesslog = None
 control_socket_disable = True  # no gunicornc; two instances on one host would share its socket path
+
+
+def on_starting(server) -> None:
+    """Listen only where the settings say: the JWT start-up rule (no token needed only on
+    loopback) judged the `host` setting, so a --bind elsewhere would skip it."""
+    if list(server.cfg.bind) != bind:
+        server.log.critical(f"refusing to bind {', '.join(server.cfg.bind)}: set MM_CDS_HOST and MM_CDS_PORT "
+                            f"(or host/port in MM_CDS_CONFIG) instead of --bind; the settings say {bind[0]}",
+                            extra={"event": "startup_failed"})
+        sys.exit(1)
 
 
 # The feedback writer is a thread and a database connection: neither survives a fork, so

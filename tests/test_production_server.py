@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support.gunicorn import Gunicorn
+from .support.gunicorn import GUNICORN, Gunicorn, free_port
 from .support.requests_ import empty_prefetch, order_sign
 from .support.scrape import sample
 
@@ -23,8 +23,7 @@ SIGN = "/cds-services/mm-tcell-order-sign"
 @pytest.fixture(scope="module")
 def production(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gunicorn")
-    server = Gunicorn(workdir, workers="2", max_request_bytes="20000", data_dir=str(workdir / "data"),
-                      feedback_wait="3")
+    server = Gunicorn(workdir, workers="2", max_request_bytes="20000", feedback_wait="3")
     server.wait_ready()
     yield server
     server.stop()
@@ -101,3 +100,13 @@ def test_a_broken_artifact_stops_gunicorn_before_any_worker_starts(tmp_path):
             ".expression.expression: FHIRPath does not parse: 'Patient..name.exists()'") in failure[0]["msg"]
     assert not any("Booting worker" in e.get("msg", "") for e in server.log_entries())
     assert server.metrics_dirs() == []  # the private metrics directory went with it
+
+
+def test_a_bind_other_than_the_settings_is_refused(tmp_path):
+    """The JWT start-up rule judged the host setting; gunicorn must not listen elsewhere."""
+    elsewhere = f"127.0.0.1:{free_port()}"
+    server = Gunicorn(tmp_path, [*GUNICORN, "--bind", elsewhere])
+    assert server.wait_exit() != 0
+    refusal = [e for e in server.log_entries() if e.get("event") == "startup_failed"]
+    assert len(refusal) == 1 and f"refusing to bind {elsewhere}" in refusal[0]["msg"]
+    assert not any("Listening at" in e.get("msg", "") for e in server.log_entries())

@@ -28,11 +28,13 @@ def free_port() -> int:
 class Gunicorn:
     def __init__(self, workdir: Path, command: list[str] = GUNICORN, **settings: str) -> None:
         """`settings` become MM_CDS_* variables (e.g. workers="2"); TMPDIR is `workdir`,
-        so the private metrics directory can be seen, and seen removed."""
+        so the private metrics directory can be seen, and seen removed; the feedback
+        database is in `workdir` too unless `data_dir` is given."""
         self.workdir = workdir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_CDS_", "PROMETHEUS_"))}
+        env["MM_CDS_DATA_DIR"] = str(workdir / "data")
         env.update({f"MM_CDS_{k.upper()}": v for k, v in settings.items()})
         env.update(MM_CDS_HOST="127.0.0.1", MM_CDS_PORT=str(self.port), TMPDIR=str(workdir), PYTHONUNBUFFERED="1")
         self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"
