@@ -18,4 +18,4 @@ ENV MM_CDS_PORT=8080 MM_CDS_DATA_DIR=/app/data
 EXPOSE 8080
 # Off loopback the service refuses to start without trusted JWT issuers or an explicit
 # allow_insecure: docker-compose.yml mounts its choice (deploy/compose.toml) via MM_CDS_CONFIG.
-CMD ["mm-cds", "serve", "--host", "0.0.0.0"]
+CMD ["mm-cds", "serve", "--prod", "--host", "0.0.0.0"]

@@ -1,10 +1,11 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
 # make test    run the whole test suite (what CI runs)
+# make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test validate bench clean
+.PHONY: serve serve-prod test validate bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 
 serve: $(VENV)/.installed
 	$(BIN)/mm-cds serve
+
+serve-prod: $(VENV)/.installed
+	$(BIN)/mm-cds serve --prod
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

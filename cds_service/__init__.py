@@ -4,12 +4,28 @@ Public API:
     create_app(settings)        the Flask application (validates the artifacts first)
     load_knowledge(dirs, base)  the compiled knowledge base (raises KnowledgeError)
     evaluate(plan, data, ...)   the pure evaluation core
+
+Imported on first use, not with the package: `cds_service.gunicorn_conf` must set
+PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client (see metrics.py).
 """
 
-from .app import create_app
-from .errors import CdsError, KnowledgeError
-from .evaluation import RequestData, evaluate
-from .knowledge import KnowledgeBase
-from .knowledge import load as load_knowledge
+from importlib import import_module
+from typing import Any
 
-__all__ = ["create_app", "load_knowledge", "evaluate", "RequestData", "KnowledgeBase", "CdsError", "KnowledgeError"]
+_EXPORTS = {
+    "create_app": ("app", "create_app"),
+    "load_knowledge": ("knowledge", "load"),
+    "evaluate": ("evaluation", "evaluate"),
+    "RequestData": ("evaluation", "RequestData"),
+    "KnowledgeBase": ("knowledge", "KnowledgeBase"),
+    "CdsError": ("errors", "CdsError"),
+    "KnowledgeError": ("errors", "KnowledgeError"),
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cds_service' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    return getattr(import_module(f".{module}", __name__), attribute)

@@ -63,7 +63,7 @@ def create_app(
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
     units.warm_up()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     app.extensions["mm_cds"] = State(
@@ -74,6 +74,7 @@ def create_app(
             executor=ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="fhir-fetch"),
             timeout=settings.fetch_timeout,
             max_pages=settings.fetch_max_pages,
+            max_bytes=settings.fetch_max_bytes,
         ),
         clock=clock or utc_now,
         security=guard,
@@ -86,7 +87,7 @@ def create_app(
         methods=["GET", "POST", "OPTIONS"],
         max_age=600,
     )
-    from . import auth_http, errors_http, feedback_api, hooks_api
+    from . import auth_http, errors_http, feedback_api, health, hooks_api, metrics, openapi
 
     app.register_blueprint(hooks_api.bp)
     app.register_blueprint(feedback_api.bp)
@@ -95,6 +96,9 @@ def create_app(
     app.register_blueprint(fhir_api.bp)  # /fhir: the knowledge, and PlanDefinition/$apply
     app.register_blueprint(reload.bp)  # POST /admin/reload (loopback only)
     app.register_blueprint(ui.bp)  # GET /: catalogue and "try it"
+    app.register_blueprint(health.bp)
     auth_http.register(app, guard)
+    metrics.register(app, kb)
+    openapi.register(app, list(kb.services.values()))
     errors_http.register(app)
     return app

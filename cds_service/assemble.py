@@ -17,7 +17,7 @@ from concurrent.futures import Executor, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import prefetch
+from . import metrics, prefetch
 from .errors import DataUnavailable, FetchError, InvalidRequest
 from .evaluation import RequestData
 from .fetch import FhirClient, Transport, bundle_resources, next_link
@@ -58,6 +58,7 @@ class FetchSettings:
     executor: Executor
     timeout: float = 5.0
     max_pages: int = 20
+    max_bytes: int = 16 * 1024 * 1024
 
 
 def draft_orders(context: dict) -> list[dict]:
@@ -131,16 +132,21 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
         raise DataUnavailable(
             f"prefetch key(s) {', '.join(keys)} missing and no fhirServer to fetch them from", keys)
     token = (body.get("fhirAuthorization") or {}).get("access_token")
-    client = FhirClient(server, token, fetch.transport, fetch.timeout, fetch.max_pages)
+    client = FhirClient(server, token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes)
     deadline = time.monotonic() + fetch.timeout
     started = time.monotonic()
 
-    def run(target: str) -> list[dict]:
-        if target.startswith(("http://", "https://")):
-            return client.follow(target, deadline)
-        return client.query(target, deadline)
+    elapsed: dict[str, float] = {}  # per key, measured in its own thread
 
-    futures = {key: fetch.executor.submit(run, target) for key, target in to_fetch.items()}
+    def run(key: str, target: str) -> list[dict]:
+        try:
+            if target.startswith(("http://", "https://")):
+                return client.follow(target, deadline)
+            return client.query(target, deadline)
+        finally:
+            elapsed[key] = time.monotonic() - started
+
+    futures = {key: fetch.executor.submit(run, key, target) for key, target in to_fetch.items()}
     failures: dict[str, str] = {}
     for key, future in futures.items():
         try:
@@ -148,14 +154,17 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
         except FutureTimeout:
             future.cancel()
             failures[key] = f"timed out after {fetch.timeout:.1f}s"
+            metrics.observe_fetch("timeout", fetch.timeout)
             continue
         except FetchError as exc:
             failures[key] = exc.reason
+            metrics.observe_fetch(exc.kind, elapsed[key])
             continue
         previous = raw.get(key, [])
         raw[key] = previous + resources
         reports[key] = KeyReport("fetch" if not previous else "prefetch+fetch", received=len(raw[key]),
-                                 seconds=time.monotonic() - started)
+                                 seconds=elapsed[key])
+        metrics.observe_fetch("ok", elapsed[key])
     if failures:
         keys = sorted(failures)
         detail = "; ".join(f"{k}: {failures[k]}" for k in keys)

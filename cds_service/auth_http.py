@@ -53,7 +53,7 @@ def register(app: Flask, guard: Guard) -> None:
             if guard.config.require_token:
                 _refuse(Unauthenticated("a bearer JWT is required (Authorization: Bearer <JWT>)"))
             log.warning("call without a bearer JWT accepted (token not required here)",
-                        extra={"event": "auth_missing_allowed", "path": request.path})
+                        extra={"event": "auth_missing_allowed", "path": _route()})
             return
         try:
             claims = guard.verifier.verify(token, audience(guard))
@@ -84,7 +84,12 @@ def _bearer_token() -> str | None:
     return token.strip()
 
 
+def _route() -> str:
+    # The route template, never the path as sent: a caller can put anything in a URL.
+    return request.url_rule.rule if request.url_rule else "(none)"
+
+
 def _refuse(exc: Unauthenticated) -> NoReturn:
     g.auth_refused = exc.message
-    log.warning("bearer JWT refused", extra={"event": "auth_refused", "path": request.path, "reason": exc.message})
+    log.warning("bearer JWT refused", extra={"event": "auth_refused", "path": _route(), "reason": exc.message})
     raise exc

@@ -7,12 +7,15 @@
     mm-cds readme --update|--check  regenerate (or check) the README's generated sections
     mm-cds feedback-report [--json] cards shown, accepted and overridden per recommendation
     mm-cds test | explain | reload | export-patients    see cli_tools.py
+
+`mm-cds serve --prod` replaces itself with gunicorn, configured by cds_service/gunicorn_conf.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the CDS Hooks service")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--prod", action="store_true", help="run under gunicorn (several workers)")
     sub.add_parser("validate", help="validate every knowledge artifact")
     cat = sub.add_parser("catalogue", help="print the recommendation catalogue")
     cat.add_argument("--format", choices=("markdown", "html"), default="markdown")
@@ -84,6 +88,17 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+GUNICORN = ["-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+
+
+def _serve_prod(overrides: dict[str, object]) -> int:
+    # gunicorn_conf reads the settings from the environment, like every other setting.
+    for name, value in overrides.items():
+        os.environ[f"MM_CDS_{name.upper()}"] = str(value)
+    os.execv(sys.executable, [sys.executable, *GUNICORN])
+    return 1  # not reached: execv replaces this process
+
+
 def _catalogue(args: argparse.Namespace) -> int:
     kb = _load()
     print(catalogue.catalogue_html(kb) if args.format == "html" else catalogue.catalogue_markdown(kb))
@@ -118,6 +133,8 @@ def _readme(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+    if args.prod:
+        return _serve_prod(overrides)
     settings = config.load(overrides)
     from .app import create_app
 

@@ -32,10 +32,15 @@ class Settings:
     fetch_timeout: float = 5.0  # seconds for all fetches of one call
     fetch_workers: int = 64  # every prefetch key of a call in flight at once, for several calls
     fetch_max_pages: int = 20
+    fetch_max_bytes: int = 16 * 1024 * 1024  # read from fhirServer in one call, all keys and pages
     explain_enabled: bool = False
     cors_origins: tuple[str, ...] = ("*",)
     max_request_bytes: int = 5 * 1024 * 1024
     log_level: str = "INFO"
+    # gunicorn (mm-cds serve --prod); see cds_service/gunicorn_conf.py for why these defaults
+    workers: int = 0  # 0: one per core, plus one
+    threads: int = 4
+    graceful_timeout: int = 30
     # The URL callers use to reach the service (scheme, host, port, any path prefix); the
     # JWT audience is built from it. Empty: from the request URL (fine without a proxy).
     public_base_url: str = ""
@@ -88,4 +93,10 @@ def load(values: dict[str, Any] | None = None, environ: dict[str, str] | None = 
     unknown = sorted(set(merged) - set(names))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    return Settings(**{k: _coerce(k, str(names[k]), v) for k, v in merged.items()})
+    values = {}
+    for name, value in merged.items():
+        try:
+            values[name] = _coerce(name, str(names[name]), value)
+        except ValueError:
+            raise ValueError(f"setting {name} (MM_CDS_{name.upper()}): {value!r} is not a valid {names[name]}") from None
+    return Settings(**values)

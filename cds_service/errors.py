@@ -18,6 +18,7 @@
     └── FetchError                one FHIR query (or a JWKS download) failed (timeout, HTTP
                                   status, bad JSON); data assembly turns it into
                                   DataUnavailable, token checking into Unauthenticated
+          .kind: one of FETCH_KINDS (a metrics label), .reason: the text the 412 quotes
 
 Evaluation never raises for clinical data: a condition that errors counts as false and
 is recorded in the trace.
@@ -102,6 +103,11 @@ class DataUnavailable(RequestError):
         super().__init__(message)
 
 
+# Why a fetch failed, as a small fixed set: the `outcome` label of the fetch metrics.
+FETCH_KINDS = ("timeout", "connection", "http_status", "not_json", "operation_outcome",
+               "other_server", "too_large", "too_many_pages", "request")
+
+
 class ConfigurationError(CdsError):
     """The settings cannot be used (or would be unsafe); the service must not start."""
 
@@ -113,6 +119,8 @@ class StoreUnavailable(CdsError):
 class FetchError(CdsError):
     """One FHIR query to the client's fhirServer failed."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, kind: str = "request"):
+        assert kind in FETCH_KINDS, kind
         self.reason = reason
+        self.kind = kind
         super().__init__(reason)

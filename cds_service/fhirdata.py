@@ -43,16 +43,22 @@ def element_values(resource: Any, path: str) -> list[Any]:
 
 
 def codings(value: Any) -> Iterator[Coding]:
-    """(system, code) pairs of a code, Coding or CodeableConcept value."""
+    """(system, code) pairs of a code, Coding or CodeableConcept value.
+
+    Request data is untrusted: a coding that is not a list, a code that is not a string,
+    or a system that is present but not a string yields nothing (it matches no value set
+    and is never taken as a code without system).
+    """
     if isinstance(value, str):
         yield (None, value)
     elif isinstance(value, dict):
-        if "coding" in value:
-            for coding in value.get("coding") or []:
-                if isinstance(coding, dict) and coding.get("code"):
-                    yield (coding.get("system"), coding["code"])
-        elif value.get("code") and isinstance(value.get("code"), str):
-            yield (value.get("system"), value["code"])
+        items = value.get("coding") or [] if "coding" in value else [value]
+        for coding in items if isinstance(items, list) else []:
+            if not isinstance(coding, dict):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if isinstance(code, str) and code and (system is None or isinstance(system, str)):
+                yield (system, code)
 
 
 def parse_date(value: Any) -> dt.date | None:

@@ -7,12 +7,12 @@ import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from . import hooks, jsonio
 from .app import state
 from .auth_http import may_explain
-from .errors import InvalidRequest, ServiceNotFound
+from .errors import InvalidRequest, PayloadTooLarge, ServiceNotFound
 from .feedback_db import card_rows
 
 bp = Blueprint("cds_hooks", __name__)
@@ -49,11 +49,25 @@ def discovery() -> Response:
 
 def read_json() -> Any:
     raw = request.get_data(cache=False)
+    _refuse_truncated(raw)
     try:
         return jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequest(f"(body): not valid JSON{where}", field="(body)") from None
+
+
+def _refuse_truncated(raw: bytes) -> None:
+    """413 for a body sent without Content-Length (chunked) that is over the limit.
+
+    Werkzeug stops such a stream at MAX_CONTENT_LENGTH and returns what it read without
+    saying so; parsing that would answer 400, or accept a body cut short. The server
+    terminates the stream (wsgi.input_terminated), so one more byte can be asked for.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
 
 
 def _explain_requested() -> bool:
@@ -77,6 +91,7 @@ def call_service(service_id: str) -> Response:
     now = current.clock()
     outcome = hooks.call(kb, service, body, now, current.fetch, explain)
     g.codes = [card.code for card in outcome.issued]
+    g.dropped = outcome.dropped
     # Remembered off the request path (background writer) so feedback can be linked.
     current.feedback.record_cards(card_rows(service.id, body["hookInstance"], outcome.issued, now))
     return jsonio.response(outcome.response)

@@ -10,6 +10,7 @@ and reported together, each naming the file, the resource and the element at fau
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -51,6 +52,7 @@ class KnowledgeBase:
     files: list[str] = field(default_factory=list)
     fingerprint: str = ""
     load_seconds: float = 0.0
+    loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def resources(self, kind: str) -> list[dict]:
         return [a.resource for a in self.artifacts.values() if a.resource.get("resourceType") == kind]

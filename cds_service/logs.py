@@ -41,5 +41,7 @@ def configure(level: str = "INFO", stream=None) -> None:
     handler._mm_cds = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Library warnings would otherwise be bare text on stderr among the JSON lines.
+    logging.captureWarnings(True)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -41,7 +41,7 @@ from typing import Any
 import requests
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from . import config, knowledge
+from . import config, knowledge, metrics
 from .errors import KnowledgeError, RequestError
 from .security import is_loopback
 
@@ -84,8 +84,10 @@ def reload_knowledge(current: Any) -> ReloadResult:
                                                          "problems": problems[:50], "count": len(problems)})
             return ReloadResult(False, f"refused, the previous knowledge keeps serving: {exc}",
                                 current.kb.fingerprint, problems, time.perf_counter() - started)
-        was = current.kb.fingerprint
+        previous = current.kb
+        was = previous.fingerprint
         current.kb = kb  # one reference assignment: atomic; requests in flight keep their own
+        metrics.set_knowledge(kb, previous)
         seconds = time.perf_counter() - started
         log.info("knowledge reloaded", extra={"event": "knowledge_reloaded", "was": was,
                                               "fingerprint": kb.fingerprint, "seconds": round(seconds, 3)})

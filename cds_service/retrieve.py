@@ -143,8 +143,10 @@ def resolve_medications(resources: list[dict], pool: list[dict]) -> list[dict]:
     by_ref = {f"Medication/{r.get('id')}": r for r in pool if r.get("resourceType") == "Medication"}
     result = []
     for resource in resources:
-        ref = (resource.get("medicationReference") or {}).get("reference")
-        if ref and resource.get("resourceType") in _MEDICATION_TYPES and "medicationCodeableConcept" not in resource:
+        reference = resource.get("medicationReference")
+        ref = reference.get("reference") if isinstance(reference, dict) else None
+        if isinstance(ref, str) and ref and resource.get("resourceType") in _MEDICATION_TYPES \
+                and "medicationCodeableConcept" not in resource:
             target = _find_medication(ref, resource, by_ref)
             if target is not None and target.get("code"):
                 resource = {**resource, "medicationCodeableConcept": target["code"]}
@@ -154,6 +156,8 @@ def resolve_medications(resources: list[dict], pool: list[dict]) -> list[dict]:
 
 def _find_medication(ref: str, container: dict, by_ref: dict[str, dict]) -> dict | None:
     if ref.startswith("#"):
-        return next((c for c in container.get("contained") or [] if c.get("id") == ref[1:]), None)
+        contained = container.get("contained")
+        return next((c for c in (contained if isinstance(contained, list) else [])
+                     if isinstance(c, dict) and c.get("id") == ref[1:]), None)
     parts = ref.split("/_history")[0].rstrip("/").split("/")
     return by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None

@@ -18,6 +18,7 @@ import pytest
 from cds_service import config, knowledge, scenarios
 from cds_service.app import create_app
 
+from .support import fuzzing
 from .support.harness import Harness, Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,12 @@ def loopback_service(kb):
 
     with ExitStack() as stack:
         yield lambda explain: stack.enter_context(serving(create_app({"explain_enabled": explain}, kb=kb)))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many requests the fuzz tests sent, and what came back."""
+    for line in fuzzing.summary():
+        terminalreporter.write_line(line)
 
 
 # -- scenarios ----------------------------------------------------------------------------

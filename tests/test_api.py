@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
+import requests
 
 from cds_service import create_app
 
 from .conftest import NOW
 from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
+from .support.loopback import serving
+from .support.sites import oversized_summary_site
 
 SIGN = "/cds-services/mm-tcell-order-sign"
 
@@ -137,6 +141,31 @@ def test_an_oversized_body_is_413(kb):
     assert response.get_json()["resourceType"] == "OperationOutcome"
 
 
+def chunks(body: bytes, size: int = 700) -> Iterator[bytes]:
+    """A generator body: requests sends it chunked, with no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_one_under_it_is_read_whole(kb, client):
+    limit = 4000
+    app = create_app({"max_request_bytes": limit}, kb=kb, clock=lambda: NOW)
+    small = json.dumps(order_sign(prefetch=full_prefetch(client))).encode()
+    padded = small + b" " * (limit - len(small))  # exactly the limit: still whole, still valid
+    assert len(small) < limit
+    with serving(app) as base:
+        big = requests.post(base + SIGN, data=chunks(padded + b" "), headers={"Content-Type": "application/json"})
+        assert big.request.headers.get("Transfer-Encoding") == "chunked"
+        assert big.status_code == 413
+        assert big.json()["issue"][0]["diagnostics"] == f"request body larger than {limit} bytes"
+        whole = requests.post(base + SIGN, data=chunks(padded), headers={"Content-Type": "application/json"})
+        assert whole.status_code == 200
+        sent_whole = requests.post(base + SIGN, data=padded, headers={"Content-Type": "application/json"})
+        assert sent_whole.request.headers["Content-Length"] == str(limit)
+        codes = [{c["source"]["topic"]["code"] for c in r.json()["cards"]} for r in (whole, sent_whole)]
+        assert codes[0] and codes[0] == codes[1]  # the chunked body was read whole
+
+
 def test_wrong_method_and_unknown_path_answer_json(client):
     assert client.get(SIGN).status_code == 405
     assert client.get("/nowhere").get_json()["resourceType"] == "OperationOutcome"
@@ -185,13 +214,7 @@ def test_explain_trace_shows_variables_conditions_data_and_unknown_codes(client)
 
 
 def test_a_card_the_response_schema_refuses_is_dropped_and_logged(tmp_path, kb, caplog):
-    site = tmp_path / "site"
-    site.mkdir()
-    shipped = kb.plans["https://myeloma-cds.example.org/fhir/PlanDefinition/mm-tcell"].file
-    plan = json.loads(open(shipped).read())
-    action = next(a for a in plan["action"] if a["code"][0]["coding"][0]["code"] == "SCR-3")
-    action["dynamicValue"] = [{"path": "title", "expression": {"language": "text/fhirpath", "expression": "'" + "y" * 150 + "'"}}]
-    (site / "PlanDefinition-mm-tcell.json").write_text(json.dumps(plan))
+    site = oversized_summary_site(tmp_path / "site", kb, "SCR-3")
     app = create_app({"site_dirs": (str(site),)}, clock=lambda: NOW)
     client = app.test_client()
     response = client.post(SIGN, json=order_sign(prefetch=full_prefetch(client)))

@@ -56,7 +56,7 @@ def test_compose_file_runs_the_service_hapi_and_a_loader():
     service = services["mm-cds"]
     assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     assert "8080:8080" in service["ports"]
-    assert "urlopen('http://127.0.0.1:8080/cds-services'" in " ".join(service["healthcheck"]["test"])
+    assert "urlopen('http://127.0.0.1:8080/health'" in " ".join(service["healthcheck"]["test"])  # no JWT needed
     config = service["environment"]["MM_CDS_CONFIG"]
     assert (ROOT / Path(config).relative_to("/app")).is_file()
     hapi = services["hapi"]
@@ -118,6 +118,7 @@ def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
     port = _free_port()
     env["MM_CDS_PORT"] = str(port)
     cmd = json.loads(next(args for op, args in steps if op == "CMD"))
+    assert "--prod" in cmd  # the image runs the production server (gunicorn)
     assert shutil.which(cmd[0], path=str(venv / "bin")), f"{cmd[0]} is not installed in the venv"
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen([str(venv / "bin" / cmd[0]), *cmd[1:]], cwd=app, env=env, stdout=log, stderr=log)
@@ -133,6 +134,7 @@ def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
                 time.sleep(0.3)
         assert response.status_code == 200
         assert {s["id"] for s in response.json()["services"]} == {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}  # compose's check
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "Try it" in page.text
     finally:

@@ -1,4 +1,5 @@
-"""One structured log line per request, and never patient data in it."""
+"""One structured log line per request, and never patient data in it: through Flask, and
+through gunicorn (its own lines too), where every line on stdout and stderr is JSON."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ import io
 import json
 import logging
 
+import requests
+
 from cds_service import create_app, logs
 
 from .conftest import NOW
+from .support.fhir_server import refused_base
+from .support.gunicorn import CLI, Gunicorn
 from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
 
 SECRET_ID = "pat-7731-secret"
 SECRET_NAME = "Zebedee"
+SECRETS = (SECRET_ID, SECRET_NAME, "Quentin", "MRN-99812")
+
+
+def secret_patient() -> dict:
+    return {"resourceType": "Patient", "id": SECRET_ID, "name": [{"family": SECRET_NAME, "given": ["Quentin"]}],
+            "identifier": [{"system": "urn:mrn", "value": "MRN-99812"}]}
 
 
 def test_request_log_has_the_request_facts_and_no_patient_data(kb):
@@ -21,9 +32,7 @@ def test_request_log_has_the_request_facts_and_no_patient_data(kb):
     logs.configure("INFO", stream)
     client = app.test_client()
     services = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}
-    patient = {"resourceType": "Patient", "id": SECRET_ID, "name": [{"family": SECRET_NAME, "given": ["Quentin"]}],
-               "identifier": [{"system": "urn:mrn", "value": "MRN-99812"}]}
-    prefetch = empty_prefetch(services["mm-tcell-order-sign"], patient)
+    prefetch = empty_prefetch(services["mm-tcell-order-sign"], secret_patient())
     body = order_sign([teclistamab_order(patient=SECRET_ID)], patient=SECRET_ID, prefetch=prefetch)
     assert client.post("/cds-services/mm-tcell-order-sign?explain=1", json=body).status_code == 200
     bad = dict(body, context=dict(body["context"], userId="Zebedee"))
@@ -38,6 +47,36 @@ def test_request_log_has_the_request_facts_and_no_patient_data(kb):
     assert {"SEQ-1", "SCR-1", "SCR-3", "ADM-1"} <= set(ok["codes"])
     assert calls[1]["status"] == 400 and calls[1]["error_field"] == "context.userId"
     text = stream.getvalue()
-    for secret in (SECRET_ID, SECRET_NAME, "Quentin", "MRN-99812"):
+    for secret in SECRETS:
         assert secret not in text
-    logging.getLogger().handlers  # the default handler is back for the other tests
+
+
+def test_gunicorn_logs_are_json_lines_without_patient_data(tmp_path):
+    server = Gunicorn(tmp_path, CLI, workers="2", fetch_timeout="1")  # mm-cds serve --prod
+    try:
+        server.wait_ready()
+        base, sign = server.base, "/cds-services/mm-tcell-order-sign"
+        services = {s["id"]: s for s in requests.get(base + "/cds-services", timeout=10).json()["services"]}
+        body = order_sign([teclistamab_order(patient=SECRET_ID)], patient=SECRET_ID,
+                          prefetch=empty_prefetch(services["mm-tcell-order-sign"], secret_patient()))
+        # cards, a 400 whose answer quotes the bad value, a 404, and a 412 from a failed fetch
+        assert requests.post(base + sign, json=body, timeout=10).status_code == 200
+        bad = dict(body, context=dict(body["context"], userId=SECRET_NAME))
+        assert requests.post(base + sign, json=bad, timeout=10).status_code == 400
+        assert requests.post(base + f"/cds-services/{SECRET_NAME}", json=body, timeout=10).status_code == 404
+        unfetchable = dict(body, prefetch={"patient": secret_patient()}, fhirServer=refused_base())
+        assert requests.post(base + sign, json=unfetchable, timeout=10).status_code == 412
+    finally:
+        status = server.stop()
+    assert status == 0  # a clean stop on SIGTERM
+    entries = server.log_entries()  # raises if any line is not JSON
+    text = server.output()
+    for secret in SECRETS:
+        assert secret not in text
+    messages = [e.get("msg", "") for e in entries]
+    assert any(m.startswith("Booting worker") for m in messages)  # gunicorn's own lines, as JSON
+    assert "Shutting down: Master" in messages
+    calls = [e for e in entries if e.get("event") == "request" and e["method"] == "POST"]
+    assert sorted(e["status"] for e in calls) == [200, 400, 404, 412]
+    assert {e["endpoint"] for e in calls} == {"/cds-services/<service_id>"}  # the route, not the path
+    assert server.metrics_dirs() == []

@@ -237,3 +237,31 @@ def test_under_gunicorn_the_master_reloads_and_the_admin_call_signals_it(knowled
         master.kill()
         master.wait()
         app.extensions["mm_cds"].feedback.close()
+
+
+def test_reload_under_real_gunicorn_reaches_every_worker_and_drops_nothing(knowledge_copy, tmp_path, kb):
+    """`mm-cds reload` against `mm-cds serve --prod`: the master reloads, gunicorn replaces the
+    workers, every worker then serves the edit; a broken edit is refused and changes nothing."""
+    from .support.gunicorn import CLI, Gunicorn
+
+    plan_dir, vs_dir = knowledge_copy
+    server = Gunicorn(tmp_path, CLI, knowledge_dirs=f"{plan_dir}:{vs_dir}", site_dirs="", workers="2")
+    server.wait_ready()
+    hammer = Hammer(f"{server.base}/cds-services/mm-tcell-order-sign", order_sign_body(kb))
+    try:
+        hammer.wait_for(TITLE)
+        edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
+        done = mm_cds_reload(server.base)
+        assert done.returncode == 0, done.stdout + done.stderr
+        hammer.wait_for(EDITED)
+        seen = {requests.post(hammer.url, json=hammer.body, timeout=30).json()["cards"][0]["summary"] for _ in range(12)}
+        assert seen == {EDITED}, f"some worker still serves the old knowledge: {seen}"
+        edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
+        refused = mm_cds_reload(server.base)
+        assert refused.returncode != 0 and "does not parse" in refused.stdout + refused.stderr
+        time.sleep(1)
+        assert hammer.answers[-1][2] == EDITED
+    finally:
+        answers = hammer.finish()
+        server.stop()
+    assert answers and all(status == 200 for _, status, _ in answers), [a for a in answers if a[1] != 200][:5]

@@ -13,6 +13,7 @@ both must agree for the scenario tests to pass.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -135,7 +136,8 @@ class FhirServer:
         self._lock = threading.Lock()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, once per test that starts a server.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> FhirServer:
         self._thread.start()
@@ -143,6 +145,11 @@ class FhirServer:
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
+
+    def fail_on(self, path: str, query_fragment: str, response: Response) -> None:
+        """Answer `response` to requests for `path` whose query holds `query_fragment`."""
+        self.fault = lambda req: (response if req.path == path and query_fragment in req.query_string.decode()
+                                  else None)
 
     def reset(self, resources: list[dict] | None = None) -> None:
         with self._lock:
@@ -200,6 +207,27 @@ class FhirServer:
 
             bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?{urlencode(query)}"}]
         return bundle
+
+
+def bundle(resources: list[dict], next_url: str | None = None, extra_entries: list[dict] | None = None) -> Response:
+    """A searchset Bundle answer, optionally with a next link and raw extra entries."""
+    body: dict = {"resourceType": "Bundle", "type": "searchset",
+                  "entry": [{"resource": r} for r in resources] + (extra_entries or [])}
+    if next_url:
+        body["link"] = [{"relation": "next", "url": next_url}]
+    return _json(body)
+
+
+def operation_outcome(status: int = 200) -> Response:
+    return _outcome(status, "processing", "the server could not run the search")
+
+
+def refused_base() -> str:
+    """A loopback FHIR base on a port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/fhir"
 
 
 def _json(body: dict, status: int = 200) -> Response:

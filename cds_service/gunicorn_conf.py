@@ -1,0 +1,156 @@
+"""gunicorn settings for production: `make serve-prod`, `mm-cds serve --prod`, or
+
+    gunicorn -c python:cds_service.gunicorn_conf cds_service.wsgi:app
+
+Every name gunicorn knows is read from this module (other names must start with `_`).
+The service's own settings (config.py: MM_CDS_* variables, the MM_CDS_CONFIG file) give:
+
+  bind              host:port (default 127.0.0.1:8080); a different --bind is refused
+  workers           `workers`, or one per core plus one (see below)
+  threads           `threads` (4) per worker, gthread workers
+  graceful_timeout  `graceful_timeout` (30 s): in-flight calls finish on SIGTERM
+  loglevel          `log_level`
+
+Why one worker per core plus one, not gunicorn's 2 x cores + 1: evaluation is CPU-bound
+Python, serialised by the GIL within a process, so processes give the parallelism; the
+waits (the FHIR fetches, a slow client) are covered by each worker's threads and the
+fetch thread pool, not by extra processes, each of which holds its own copy of the
+compiled knowledge. The extra worker keeps every core busy while one is briefly stalled.
+
+preload_app: the knowledge is loaded and validated once, in the master, before any fork:
+a bad artifact stops gunicorn with the problems logged and exit status 1, instead of
+workers failing one by one.
+
+Logs: gunicorn's own lines go through the service's JSON formatter; the access log is
+off because the service logs one JSON line per request itself (status, latency,
+service, codes; never patient data).
+
+Feedback: the writer (a thread and a database connection) is opened in each worker, after
+the fork; the master's is closed before it (pre_fork, post_fork, worker_exit below).
+
+Metrics: prometheus_client multiprocess mode. PROMETHEUS_MULTIPROC_DIR must be set before
+prometheus_client is first imported, so it is set here, before cds_service is imported:
+if unset, a fresh private directory (removed at exit); if set by the operator, it is
+emptied once at start (one directory per gunicorn instance). Files of exited workers are
+marked dead so their live gauges disappear.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+
+_MASTER = os.getpid()
+
+
+def _remove_own_metrics_dir(path: str) -> None:
+    # Workers are forked from the master and run its atexit handlers too: only the master removes.
+    if os.getpid() == _MASTER:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _METRICS_DIR = tempfile.mkdtemp(prefix="mm-cds-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
+    # atexit, not on_exit: also when start-up fails (a bad artifact) after this module ran.
+    atexit.register(_remove_own_metrics_dir, _METRICS_DIR)
+else:
+    _METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(_METRICS_DIR, exist_ok=True)
+    for _name in os.listdir(_METRICS_DIR):  # counters of a previous run would be summed in
+        if _name.endswith(".db"):
+            os.remove(os.path.join(_METRICS_DIR, _name))
+
+# Imported only now: cds_service imports prometheus_client (see the docstring).
+from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
+
+from cds_service import config as _config  # noqa: E402
+from cds_service import reload as _reload  # noqa: E402
+from cds_service.logs import JsonFormatter as _JsonFormatter  # noqa: E402
+
+_settings = _config.load()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class JsonLogger(_GunicornLogger):
+    """gunicorn's logger with every handler formatted as one JSON object a line."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(_JsonFormatter())
+
+
+bind = [_address(_settings.host, _settings.port)]
+workers = _settings.workers or _cores() + 1
+worker_class = "gthread"
+threads = _settings.threads
+preload_app = True
+graceful_timeout = int(_settings.graceful_timeout)
+timeout = 30  # gthread heartbeat; a call is bounded by fetch_timeout well before this
+keepalive = 5  # behind a load balancer: fewer reconnects; keep it below the balancer's idle timeout
+proc_name = "mm-cds"
+logger_class = JsonLogger
+loglevel = _settings.log_level.lower()
+errorlog = "-"
+accesslog = None
+control_socket_disable = True  # no gunicornc; two instances on one host would share its socket path
+
+
+def on_starting(server) -> None:
+    """Listen only where the settings say: the JWT start-up rule (no token needed only on
+    loopback) judged the `host` setting, so a --bind elsewhere would skip it."""
+    if list(server.cfg.bind) != bind:
+        server.log.critical(f"refusing to bind {', '.join(server.cfg.bind)}: set MM_CDS_HOST and MM_CDS_PORT "
+                            f"(or host/port in MM_CDS_CONFIG) instead of --bind; the settings say {bind[0]}",
+                            extra={"event": "startup_failed"})
+        sys.exit(1)
+
+
+# The feedback writer is a thread and a database connection: neither survives a fork, so
+# the master's (opened by create_app during preload) is closed before the first fork and
+# each worker opens its own. Without this, feedback in a worker waits and answers 503.
+def _state(server):
+    return server.app.wsgi().extensions["mm_cds"]  # the preloaded app
+
+
+def pre_fork(server, worker) -> None:
+    _state(server).feedback.close()  # a no-op once closed
+
+
+def post_fork(server, worker) -> None:
+    from cds_service.feedback_writer import open_writer
+
+    state = _state(server)
+    state.feedback = open_writer(state.settings)
+
+
+def worker_exit(server, worker) -> None:
+    _state(server).feedback.close()  # what the worker queued reaches the database
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+
+# Reload (`mm-cds reload`, or HUP to the master): with preload_app the workers fork from the
+# master's app, so the master reloads the knowledge first, then gunicorn replaces the workers.
+when_ready = _reload.gunicorn_when_ready
+on_reload = _reload.gunicorn_on_reload

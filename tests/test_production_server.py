@@ -1,0 +1,112 @@
+"""The production server: gunicorn with cds_service/gunicorn_conf.py, really started.
+
+One instance (2 workers) serves the module's tests; the start with a broken artifact
+gets its own. Log content (JSON, no patient data) is proved in test_logging.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from .support.gunicorn import GUNICORN, Gunicorn, free_port
+from .support.requests_ import empty_prefetch, order_sign
+from .support.scrape import sample
+
+ROOT = Path(__file__).resolve().parent.parent
+SIGN = "/cds-services/mm-tcell-order-sign"
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    server = Gunicorn(workdir, workers="2", max_request_bytes="20000", feedback_wait="3")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def discovery(base: str) -> dict:
+    return {s["id"]: s for s in requests.get(base + "/cds-services", timeout=10).json()["services"]}
+
+
+def codes(cards: list[dict]) -> set[str]:
+    return {c["source"]["topic"]["code"] for c in cards}
+
+
+def test_gunicorn_serves_discovery_calls_health_ready_and_the_description(production, client):
+    base = production.base
+    services = discovery(base)
+    assert services == {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}
+    body = order_sign(prefetch=empty_prefetch(services["mm-tcell-order-sign"], {"resourceType": "Patient", "id": "p1"}))
+    call = requests.post(base + SIGN, json=body, timeout=10)
+    assert call.status_code == 200
+    in_process = codes(client.post(SIGN, json=body).get_json()["cards"])
+    assert in_process and codes(call.json()["cards"]) == in_process
+    assert requests.get(base + "/health", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(base + "/ready", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json()["knowledge"]["services"] == len(services) and len(ready.json()["knowledge"]["fingerprint"]) == 16
+    assert requests.get(base + "/openapi.json", timeout=10).json()["openapi"] == "3.1.0"
+
+
+def test_feedback_is_stored_by_the_workers(production):
+    """The feedback writer (a thread and a database connection) is opened in each worker:
+    one made in the master before the fork would leave the workers without it (503)."""
+    base = production.base
+    services = discovery(base)
+    body = order_sign(prefetch=empty_prefetch(services["mm-tcell-order-sign"], {"resourceType": "Patient", "id": "p1"}))
+    cards = requests.post(base + SIGN, json=body, timeout=10).json()["cards"]
+    assert cards
+    for card in cards:  # new connections: the kernel spreads them over both workers
+        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-06-15T12:05:31Z"}
+        answer = requests.post(base + SIGN + "/feedback", json={"feedback": [item]}, timeout=10,
+                               headers={"Connection": "close"})
+        assert answer.status_code == 200, answer.text
+
+
+def test_metrics_are_summed_over_the_workers(production):
+    base = production.base
+    before = sample(requests.get(base + "/metrics", timeout=10).text, "mm_cds_requests_total", endpoint="/ready")
+    for _ in range(20):  # a new connection each: the kernel spreads them over both workers
+        assert requests.get(base + "/ready", timeout=10, headers={"Connection": "close"}).status_code == 200
+    text = requests.get(base + "/metrics", timeout=10).text
+    assert sample(text, "mm_cds_requests_total", endpoint="/ready", status="200") - before == 20
+    fingerprint = requests.get(base + "/ready", timeout=10).json()["knowledge"]["fingerprint"]
+    assert sample(text, "mm_cds_knowledge_info", fingerprint=fingerprint) == 1
+    assert sample(text, "mm_cds_request_seconds_bucket", endpoint="/ready", le="0.05") >= 20
+
+
+def test_a_chunked_body_over_the_limit_is_413_under_gunicorn(production):
+    body = json.dumps(order_sign()).encode() + b" " * 30000
+    response = requests.post(production.base + SIGN, data=iter([body[:10000], body[10000:]]),
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.status_code == 413
+    assert response.json()["issue"][0]["diagnostics"] == "request body larger than 20000 bytes"
+
+
+def test_a_broken_artifact_stops_gunicorn_before_any_worker_starts(tmp_path):
+    broken = ROOT / "tests" / "broken" / "malformed-fhirpath"
+    server = Gunicorn(tmp_path, site_dirs=str(broken))
+    status = server.wait_exit()
+    assert status != 0
+    failure = [e for e in server.log_entries() if e.get("event") == "startup_failed"]
+    assert len(failure) == 1 and failure[0]["level"] == "critical"
+    assert ("PlanDefinition-bad-path.json: PlanDefinition/bad-path: PlanDefinition.action[0].condition[0]"
+            ".expression.expression: FHIRPath does not parse: 'Patient..name.exists()'") in failure[0]["msg"]
+    assert not any("Booting worker" in e.get("msg", "") for e in server.log_entries())
+    assert server.metrics_dirs() == []  # the private metrics directory went with it
+
+
+def test_a_bind_other_than_the_settings_is_refused(tmp_path):
+    """The JWT start-up rule judged the host setting; gunicorn must not listen elsewhere."""
+    elsewhere = f"127.0.0.1:{free_port()}"
+    server = Gunicorn(tmp_path, [*GUNICORN, "--bind", elsewhere])
+    assert server.wait_exit() != 0
+    refusal = [e for e in server.log_entries() if e.get("event") == "startup_failed"]
+    assert len(refusal) == 1 and f"refusing to bind {elsewhere}" in refusal[0]["msg"]
+    assert not any("Listening at" in e.get("msg", "") for e in server.log_entries())
