@@ -16,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.fhir_server import FhirServer, FhirStore  # noqa: E402
 
 if __name__ == "__main__":
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the bench's screen
     server = FhirServer(FhirStore(json.loads(Path(sys.argv[1]).read_text())), page_size=1000)
     server.delay = float(sys.argv[2])
     with server:

@@ -60,6 +60,7 @@ def create_app(
     logs.configure(settings.log_level)
     guard = build_guard(security.load(settings), settings.public_base_url)
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
+    knowledge.settle()
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
     units.warm_up()
