@@ -5,18 +5,20 @@ test` and `mm-cds explain` (in-process), the "try it" page, and `mm-cds export-p
 
     defaults:              applied to every scenario of the file
       hook: order-sign
-      baseChart: quiet-chart         a list kept in the folder's library (_*.yaml), or a list
-      baseDraftOrders: premedication
-      omit: [car-t-declined]         baseline items left out (a typo is an error)
+      baseChart: a-baseline          a list kept in the folder's library (_*.yaml), or a list
+      baseDraftOrders: other-baseline
+      omit: [some-item]              baseline items left out (a typo is an error)
       service: some-service-id       optional: call only this service (default: every
                                      service answering the hook, as an EHR does)
     scenarios:
-      - name: SEQ-1 fires for a first teclistamab order
-        draftOrders: [{use: teclistamab-order}]
-        chart: [{use: car-t-referral, authoredOn: "2025-06-14"}]
-        expect: [SEQ-1]                           the exact set of recommendation codes
-        expectSuggestions: {SEQ-1: [Refer for CAR-T evaluation]}
-        expectDetail: {SEQ-1: ["about 8 weeks"]}  fragments the card detail must hold
+      - name: CODE-1 fires when ...  (a scenario named after a code tests that code)
+        draftOrders: [{use: a-library-resource}]
+        chart: [{use: another-resource, authoredOn: "2025-06-14"}]   top-level overrides
+        expect: [CODE-1]                          the exact set of recommendation codes
+        expectSuggestions: {CODE-1: [A suggestion label]}
+        expectDetail: {CODE-1: ["a fragment"]}    fragments the card detail must hold
+
+tests/scenarios/ holds the real ones.
 
 The folder may hold `_settings.yaml` with `site_dirs` (relative to the folder): the site
 directories its scenarios are written for.
