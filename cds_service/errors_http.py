@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
@@ -19,11 +20,19 @@ def outcome(message: str, code: str = "invalid", fields: list[str] | None = None
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
+def loggable_field(field: str | None) -> str | None:
+    """A field path safe to log: a prefetch key is the caller's choice of text, so it is
+    replaced (a key could carry anything, a name included); the rest are schema names."""
+    if field and field.startswith("prefetch."):
+        return "prefetch.<key>" + re.sub(r"^prefetch\.[^.\[]*", "", field)
+    return field
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError):
         fields = exc.keys if isinstance(exc, DataUnavailable) else ([exc.field] if exc.field else None)
-        g.error_field = exc.field
+        g.error_field = loggable_field(exc.field)
         response = jsonify(outcome(exc.message, exc.code, fields))
         response.status_code = exc.status
         if isinstance(exc, Unauthenticated):

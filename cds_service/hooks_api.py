@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from .errors import InvalidRequest, PayloadTooLarge, ServiceNotFound
 from .feedback_db import card_rows
 
 bp = Blueprint("cds_hooks", __name__)
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 log = logging.getLogger("cds_service.requests")
 
 
@@ -86,7 +88,8 @@ def call_service(service_id: str) -> Response:
         raise ServiceNotFound(f"no CDS service '{service_id}'" + (f" for hook {hook}" if hook else ""))
     g.service, g.hook = service.id, service.hook
     if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
-        g.hook_instance = body["hookInstance"][:64]
+        # Logged only when it looks like the identifier it should be: it is the caller's text.
+        g.hook_instance = body["hookInstance"] if _IDENTIFIER.fullmatch(body["hookInstance"]) else "(not an identifier)"
     explain = current.settings.explain_enabled and _explain_requested() and may_explain()
     now = current.clock()
     outcome = hooks.call(kb, service, body, now, current.fetch, explain)

@@ -80,3 +80,19 @@ def test_gunicorn_logs_are_json_lines_without_patient_data(tmp_path):
     assert sorted(e["status"] for e in calls) == [200, 400, 404, 412]
     assert {e["endpoint"] for e in calls} == {"/cds-services/<service_id>"}  # the route, not the path
     assert server.metrics_dirs() == []
+
+
+def test_caller_chosen_text_in_prefetch_keys_and_hook_instance_is_not_logged(kb):
+    app = create_app({}, kb=kb, clock=lambda: NOW)
+    stream = io.StringIO()
+    logs.configure("INFO", stream)
+    client = app.test_client()
+    bad_key = order_sign(prefetch={SECRET_NAME: "not a resource"})
+    assert client.post("/cds-services/mm-tcell-order-sign", json=bad_key).status_code == 400
+    odd_instance = order_sign(hookInstance=f"{SECRET_NAME} Quentin")
+    client.post("/cds-services/mm-tcell-order-sign", json=odd_instance)
+    logs.configure("INFO")
+    text = stream.getvalue()
+    assert SECRET_NAME not in text and "Quentin" not in text
+    lines = [json.loads(line) for line in text.splitlines() if '"event": "request"' in line]
+    assert lines[0]["error_field"] == "prefetch.<key>" and lines[1]["hook_instance"] == "(not an identifier)"
