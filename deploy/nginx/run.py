@@ -51,9 +51,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "nginx")
 READY_SECONDS = 90.0  # imports and the knowledge load, on a busy 2-core machine
-# gunicorn must accept everything nginx forwards (mm-cds.conf, CONTRACT): nginx allows
-# header lines of 4 KiB, 16 KiB in all (so a few thousand fields) and cannot count them.
-GUNICORN_LIMITS = "--limit-request-fields 32768 --limit-request-line 8190"
 
 
 def log(message: str) -> None:
@@ -242,10 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"nginx configuration refused:\n{check.stderr}")
             return 1
         if not args.upstream:
-            env = dict(os.environ)
-            env.setdefault("GUNICORN_CMD_ARGS", GUNICORN_LIMITS)
             gunicorn = subprocess.Popen([find_cli(), "serve", "--prod", "--host", "127.0.0.1",
-                                         "--port", str(args.internal_port)], env=env, stdin=subprocess.DEVNULL)
+                                         "--port", str(args.internal_port)], stdin=subprocess.DEVNULL)
             if not wait_ready(f"http://{upstreams[0]}/ready", gunicorn, READY_SECONDS):
                 log(f"gunicorn did not become ready on {upstreams[0]}"
                     + (f" (exit status {gunicorn.returncode})" if gunicorn.poll() is not None else ""))
