@@ -443,3 +443,19 @@ def test_gunicorn_listens_on_loopback_only(proxy):
             if int(port, 16) == proxy.internal_port and state == "0A":  # LISTEN
                 bound.add(address)
     assert bound == {"0100007F"}
+
+
+def test_the_forwarded_headers_still_do_their_jobs(proxy):
+    """The header list in mm-cds.conf: a CORS preflight answers as it does without nginx,
+    and the forwarding headers are nginx's (a client's X-Forwarded-For is replaced)."""
+    preflight = {"Origin": "https://ehr.example.org", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    direct = requests.options(proxy.internal + SIGN, headers=preflight, timeout=10)
+    through = requests.options(proxy.base + SIGN, headers=preflight, timeout=10)
+    allow = lambda r: {k.lower(): v for k, v in r.headers.items() if k.lower().startswith("access-control-")}  # noqa: E731
+    assert direct.status_code == through.status_code == 200
+    assert allow(through) == allow(direct) and allow(through)["access-control-allow-origin"] in ("*", preflight["Origin"])
+    # /admin/reload refuses forwarded requests: nginx always sends X-Forwarded-For, so a
+    # reload through the proxy is refused even if the client sent no such header.
+    reload = requests.post(proxy.base + "/admin/reload", timeout=30)
+    assert reload.status_code in (401, 403) and reload.json()["resourceType"] == "OperationOutcome"

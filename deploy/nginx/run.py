@@ -112,7 +112,7 @@ def render(run_dir: Path, host: str, port: int, upstreams: list[str], user: str 
         f"pid {run_dir / 'nginx.pid'};",
         "error_log stderr warn;",
         "events {",
-        "    worker_connections 4096;",
+        "    worker_connections 1024;  # per worker process; a proxied call holds two",
         "}",
         "http {",
         "    default_type application/octet-stream;",
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             if requested:
                 return 0
         nginx = subprocess.Popen(nginx_cmd, stdin=subprocess.DEVNULL)
-        log(f"serving on http://{address(args.host, args.port)} (nginx) -> {', '.join(upstreams)} (gunicorn); "
+        log(f"serving on http://{address(args.host, args.port)} (nginx) -> {', '.join(upstreams)}; "
             f"run directory {run_dir}")
         while True:
             for name, process in (("nginx", nginx), ("gunicorn", gunicorn)):
