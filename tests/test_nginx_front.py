@@ -384,8 +384,8 @@ def run_corpus(port: int, label: str, workers: int) -> tuple[dict[str, int], lis
 
 
 def test_every_error_body_through_nginx_is_json_and_gunicorn_alone_sends_html(proxy):
-    direct, direct_bad = run_corpus(proxy.internal_port, "raw corpus, gunicorn direct", workers=6)
-    through, through_bad = run_corpus(proxy.port, "raw corpus, through nginx", workers=16)
+    direct, direct_bad = run_corpus(proxy.internal_port, "raw corpus answers, gunicorn direct", workers=6)
+    through, through_bad = run_corpus(proxy.port, "raw corpus answers, through nginx", workers=16)
     print(f"\nmalformed corpus: gunicorn direct {direct}; through nginx {through}")
     assert direct["requests"] >= 300
     assert direct.get("html", 0) > 0, direct  # the corpus does reach gunicorn's HTML pages
