@@ -1,11 +1,13 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
 # make test    run the whole test suite (what CI runs)
 # make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
+# make serve-proxy production: nginx on MM_CDS_PORT (8080) in front of gunicorn on loopback
+#                  MM_CDS_INTERNAL_PORT (8081); deploy/nginx/run.py, docs/proxy.md
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve serve-prod test validate bench clean
+.PHONY: serve serve-prod serve-proxy test validate bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,9 @@ serve: $(VENV)/.installed
 
 serve-prod: $(VENV)/.installed
 	$(BIN)/mm-cds serve --prod
+
+serve-proxy: $(VENV)/.installed
+	$(BIN)/python deploy/nginx/run.py
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
