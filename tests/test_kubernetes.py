@@ -210,13 +210,6 @@ def test_shutdown_lets_in_flight_calls_finish():
     assert nginx["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > graceful
 
 
-def test_the_nginx_front_passes_what_it_accepts_to_gunicorn():
-    """deploy/nginx/mm-cds.conf's contract: gunicorn accepts every header count nginx lets through."""
-    args = env(service_container(render()))["GUNICORN_CMD_ARGS"]["value"].split()
-    assert args[args.index("--limit-request-fields") + 1] == "32768"
-    assert args[args.index("--limit-request-line") + 1] == "8190"
-
-
 # --- how the pieces find each other ------------------------------------------------------------
 
 def _selects(selector: dict, labels: dict) -> bool:
