@@ -1,5 +1,5 @@
 """docker-compose.yml and the Dockerfile, without a Docker engine: the compose file's
-structure, the Dockerfile's install and start commands run in a fresh virtual environment,
+structure (nginx in front of two replicas sharing PostgreSQL) and its nginx files under `nginx -t`, the Dockerfile's install and start commands run in a fresh virtual environment,
 and the patient loader's output used the way the compose stack uses it.
 
 The shortcut, said plainly: the Dockerfile's `pip install` runs with `--no-deps` in a
@@ -24,6 +24,7 @@ import sysconfig
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -49,21 +50,57 @@ def dockerfile() -> list[tuple[str, str]]:
             for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_compose_file_runs_the_service_hapi_and_a_loader():
+REPLICAS = ("mm-cds-a", "mm-cds-b")
+
+
+def test_compose_file_runs_nginx_in_front_of_two_replicas_sharing_postgresql():
     services = compose()["services"]
-    assert set(services) == {"mm-cds", "hapi", "loader"}
-    service = services["mm-cds"]
+    assert set(services) == {"nginx", *REPLICAS, "postgres", "hapi", "loader"}
+    replicas = [services[name] for name in REPLICAS]
+    # One image, one configuration: the replicas differ only in name.
+    assert replicas[0] == replicas[1]
+    service = replicas[0]
     assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
-    assert "8080:8080" in service["ports"]
-    assert "urlopen('http://127.0.0.1:8080/health'" in " ".join(service["healthcheck"]["test"])  # no JWT needed
     config = service["environment"]["MM_CDS_CONFIG"]
     assert (ROOT / Path(config).relative_to("/app")).is_file()
+    # Only the front publishes the service; the replicas and the database are internal
+    # (HAPI is the tester's FHIR server, published for the browser).
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"nginx": ["8080:8080"], "hapi": ["8081:8080"]}
+    # Each replica is healthy when /ready answers 200 (knowledge loaded), not merely alive.
+    assert "urlopen('http://127.0.0.1:8080/ready'" in " ".join(service["healthcheck"]["test"])  # no JWT needed
+    assert int(service["stop_grace_period"].rstrip("s")) > 30  # graceful_timeout: in-flight calls finish
+    # The replicas share one PostgreSQL: the URL names the compose service, its user and database.
+    url = urlsplit(service["environment"]["MM_CDS_DATABASE_URL"])
+    postgres = services["postgres"]
+    assert url.scheme == "postgresql" and (url.hostname, url.port or 5432) == ("postgres", 5432)
+    assert (url.username, url.password, url.path.lstrip("/")) == (
+        postgres["environment"]["POSTGRES_USER"], postgres["environment"]["POSTGRES_PASSWORD"], postgres["environment"]["POSTGRES_DB"])
+    assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert re.fullmatch(r"postgres:\d+\.\d+", postgres["image"]), "pin a PostgreSQL release"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert any(v.split(":")[1] == "/var/lib/postgresql/data" for v in postgres["volumes"])
+    nginx = services["nginx"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+(-\w+)?", nginx["image"]), "pin an nginx release"
+    assert nginx["depends_on"] == {name: {"condition": "service_healthy"} for name in REPLICAS}
+    assert "http://127.0.0.1:8080/ready" in nginx["healthcheck"]["test"]  # through nginx to a replica
+    mounts = {target.removesuffix(":ro"): ROOT / source for source, target in (v.split(":", 1) for v in nginx["volumes"])}
+    config_dir = nginx["command"][nginx["command"].index("-c") + 1].rsplit("/", 1)[0]
+    assert mounts[f"{config_dir}/mm-cds.conf"] == ROOT / "deploy" / "nginx" / "mm-cds.conf"  # the shared server block
+    for target, source in mounts.items():
+        assert target.startswith(config_dir + "/") and source.is_file(), target
+    upstream = mounts[f"{config_dir}/upstream.conf"].read_text()
+    servers = re.findall(r"^\s*server\s+([^\s;]+)", re.search(r"upstream\s+mm_cds\s*\{(.*?)\}", upstream, re.S).group(1), re.M)
+    port = dict(pair.split("=", 1) for op, args in dockerfile() if op == "ENV" for pair in shlex.split(args))["MM_CDS_PORT"]
+    assert servers == [f"{name}:{port}" for name in REPLICAS]
+    listen = re.findall(r"^\s*listen\s+(\d+)", mounts[f"{config_dir}/mm-cds-listen.conf"].read_text(), re.M)
+    assert [f"{p}:{p}" for p in listen] == nginx["ports"]
     hapi = services["hapi"]
     assert re.fullmatch(r"hapiproject/hapi:v\d+\.\d+\.\d+(-\d+)?", hapi["image"]), "pin a HAPI release tag"
     assert hapi["environment"]["hapi.fhir.fhir_version"] == "R4"
     loader = services["loader"]
     assert loader["image"] == service["image"] and loader["restart"] == "no"
-    assert loader["depends_on"] == {"mm-cds": {"condition": "service_healthy"}, "hapi": {"condition": "service_started"}}
+    assert loader["depends_on"] == {"mm-cds-a": {"condition": "service_healthy"}, "hapi": {"condition": "service_started"}}
     command = loader["command"]
     assert command[:2] == ["mm-cds", "export-patients"]
     assert command[command.index("--post") + 1] == "http://hapi:8080/fhir"  # HAPI's compose name and port
@@ -72,6 +109,22 @@ def test_compose_file_runs_the_service_hapi_and_a_loader():
     copied = [source for op, args in dockerfile() if op == "COPY" for source in args.split()[:-1]]
     assert all((ROOT / source).exists() for source in copied)
     assert "tests/scenarios" in copied and "deploy" in copied
+
+
+def test_the_compose_nginx_configuration_passes_nginx_t(tmp_path):
+    """The files the compose nginx mounts, checked by the real nginx (Debian's). No compose
+    DNS here: the replicas' names become loopback addresses, nothing else changes."""
+    nginx = compose()["services"]["nginx"]
+    config_dir = nginx["command"][nginx["command"].index("-c") + 1].rsplit("/", 1)[0]
+    for volume in nginx["volumes"]:
+        source, target = volume.split(":")[:2]
+        text = (ROOT / source).read_text()
+        for name in REPLICAS:
+            text = text.replace(f"server {name}:", "server 127.0.0.1:")
+        (tmp_path / target.removeprefix(config_dir + "/")).write_text(text.replace("/tmp/", f"{tmp_path}/"))
+    check = subprocess.run([shutil.which("nginx") or "/usr/sbin/nginx", "-t", "-c", str(tmp_path / "nginx.conf"),
+                            "-p", str(tmp_path), "-g", "error_log stderr notice;"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "test is successful" in check.stderr, check.stderr
 
 
 def _free_port() -> int:
@@ -111,7 +164,9 @@ def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
             subprocess.run(command, cwd=app, env=env, check=True, timeout=240)
         elif op == "ENV":
             env.update(dict(pair.split("=", 1) for pair in shlex.split(args)))
-    environment = compose()["services"]["mm-cds"]["environment"]
+    environment = dict(compose()["services"]["mm-cds-a"]["environment"])
+    # No PostgreSQL here: the replica's shared database is left out (feedback in SQLite).
+    assert environment.pop("MM_CDS_DATABASE_URL").startswith("postgresql://")
     env.update({k: str(v).replace(workdir, str(app)) for k, v in environment.items()})
     env["MM_CDS_DATA_DIR"] = env["MM_CDS_DATA_DIR"].replace(workdir, str(app))
     port = _free_port()
@@ -133,7 +188,8 @@ def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
                 time.sleep(0.3)
         assert response.status_code == 200
         assert {s["id"] for s in response.json()["services"]} == {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
-        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}  # compose's check
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
+        assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200  # compose's healthcheck
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "Try it" in page.text
     finally:
