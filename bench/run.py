@@ -41,10 +41,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from synthetic import make_patient, order_sign_context, patient_view_context  # noqa: E402
 
-from cds_service import (
-    create_app,  # noqa: E402
-)
-from cds_service.service import call as call_hook
+from cds_service import create_app  # noqa: E402
+from cds_service.service import call as call_hook  # noqa: E402
 from tests.support.ehr import build_prefetch  # noqa: E402
 from tests.support.fhir_server import FhirStore  # noqa: E402
 

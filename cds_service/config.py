@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cds_service.errors import ConfigurationError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,8 +83,11 @@ def load(values: dict[str, Any] | None = None, environ: dict[str, str] | None = 
     merged: dict[str, Any] = {}
     path = environ.get("MM_CDS_CONFIG")
     if path:
-        with open(path, "rb") as fh:
-            merged.update(tomllib.load(fh))
+        try:
+            with open(path, "rb") as fh:
+                merged.update(tomllib.load(fh))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"setting config (MM_CDS_CONFIG): cannot read {path}: {exc}") from None
         merged["config_file"] = str(Path(path).resolve())
     names = {f.name: f.type for f in fields(Settings)}
     for name in names:
@@ -92,11 +97,12 @@ def load(values: dict[str, Any] | None = None, environ: dict[str, str] | None = 
     merged.update(values or {})
     unknown = sorted(set(merged) - set(names))
     if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
     values = {}
     for name, value in merged.items():
         try:
             values[name] = _coerce(name, str(names[name]), value)
         except ValueError:
-            raise ValueError(f"setting {name} (MM_CDS_{name.upper()}): {value!r} is not a valid {names[name]}") from None
+            raise ConfigurationError(
+                f"setting {name} (MM_CDS_{name.upper()}): {value!r} is not a valid {names[name]}") from None
     return Settings(**values)

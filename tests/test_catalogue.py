@@ -75,8 +75,7 @@ def test_every_card_cites_a_source(kb):
 
 def _scenarios():
     for path in sorted((ROOT / "tests" / "scenarios").glob("[!_]*.yaml")):
-        for entry in yaml.safe_load(path.read_text())["scenarios"]:
-            yield entry
+        yield from yaml.safe_load(path.read_text())["scenarios"]
 
 
 def test_each_recommendation_has_a_firing_scenario_and_two_near_misses(kb):
@@ -109,7 +108,8 @@ def test_terminology_check_lists_what_to_map_and_what_the_site_mapped():
     with_site = _terminology("check", site=str(ROOT / "examples" / "site"))
     assert "Talquetamab: 2 code(s)" in with_site.stdout
     assert "talquetamab-site" not in with_site.stdout.split("Codes not verified")[0]
-    count = lambda text: int(text.strip().rsplit("\n", 1)[-1].split()[0])
+    def count(text):
+        return int(text.strip().rsplit("\n", 1)[-1].split()[0])
     assert count(with_site.stdout) == count(shipped.stdout) - 3
 
 

@@ -90,7 +90,7 @@ def test_accepted_and_overridden_feedback_is_stored_with_its_links(backend, make
     plan = kb.plans["https://myeloma-cds.example.org/fhir/PlanDefinition/mm-tcell"]
     rows = stored(app)
     assert [r["outcome"] for r in rows] == ["accepted", "overridden"]
-    for row, card, code in zip(rows, (seq1, scr1), ("SEQ-1", "SCR-1")):
+    for row, card, code in zip(rows, (seq1, scr1), ("SEQ-1", "SCR-1"), strict=False):
         assert row["card_uuid"] == card["uuid"] and row["linked"] == 1
         assert row["code"] == code
         assert (row["plan_url"], row["plan_version"]) == (plan.url, plan.version)

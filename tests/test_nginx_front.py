@@ -67,7 +67,7 @@ def exchange(port: int, data: bytes, head: bool = False, seconds: float = 12.0) 
             sock.settimeout(0.3 if buffer and _complete(buffer, head) else 3.0)
             try:
                 chunk = sock.recv(65536)
-            except (socket.timeout, ConnectionResetError, BrokenPipeError):
+            except (TimeoutError, ConnectionResetError, BrokenPipeError):
                 break
             if not chunk:
                 break
@@ -369,7 +369,7 @@ def run_corpus(port: int, label: str, workers: int) -> tuple[dict[str, int], lis
         raws = list(pool.map(lambda item: exchange(port, item[1], item[2]), items))
     tally: dict[str, int] = {"requests": len(items)}
     bad = []
-    for (kind, raw_request, head), raw in zip(items, raws):
+    for (kind, raw_request, head), raw in zip(items, raws, strict=False):
         answers = responses(raw, head) if raw else []
         if not answers:
             tally["no answer"] = tally.get("no answer", 0) + 1

@@ -8,6 +8,7 @@ import json
 import pytest
 from werkzeug.wrappers import Response
 
+from cds_service.errors import ConfigurationError
 from cds_service import config, create_app, web
 
 from .conftest import NOW
@@ -104,6 +105,16 @@ def test_metrics_count_requests_latency_cards_fetches_and_errors(metered):
 
 
 def test_a_bad_setting_is_refused_naming_it():
-    with pytest.raises(ValueError, match=r"setting workers \(MM_CDS_WORKERS\): 'abc' is not a valid int"):
+    with pytest.raises(ConfigurationError, match=r"setting workers \(MM_CDS_WORKERS\): 'abc' is not a valid int"):
         config.load(environ={"MM_CDS_WORKERS": "abc"})
     assert config.load(environ={"MM_CDS_WORKERS": "3", "MM_CDS_GRACEFUL_TIMEOUT": "12"}).workers == 3
+
+
+@pytest.mark.parametrize("command", [["serve"], ["validate"], ["catalogue"]])
+def test_a_bad_setting_stops_the_command_with_one_line_naming_it(command, monkeypatch, capsys):
+    from cds_service import cli
+
+    monkeypatch.setenv("MM_CDS_PORT", "abc")
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert err == "mm-cds: setting port (MM_CDS_PORT): 'abc' is not a valid int\n"

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"validate": _validate, "serve": _serve, "catalogue": _catalogue, "terminology": _terminology,
                 "readme": _readme, "feedback-report": _feedback_report, **tools}
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except ConfigurationError as exc:  # a bad setting: one line naming it, never a traceback
+        print(f"mm-cds: {exc}", file=sys.stderr)
+        return 2
 
 
 def _feedback_report(args: argparse.Namespace) -> int:

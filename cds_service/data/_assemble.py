@@ -135,8 +135,9 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
         elif value.get("resourceType") == "Bundle":
             raw[req.key] = bundle_resources(value)
             reports[req.key] = KeyReport("prefetch", received=len(raw[req.key]))
-            if next_link(value):
-                to_fetch[req.key] = next_link(value)
+            following = next_link(value)
+            if following:
+                to_fetch[req.key] = following
         else:
             raw[req.key], reports[req.key] = [value], KeyReport("prefetch", received=1)
     fetches: list[FetchRecord] = []

@@ -126,9 +126,10 @@ class FhirClient:
             if kind != "Bundle":
                 return [body]
             resources.extend(bundle_resources(body))
-            url = next_link(body)
-            if url is None:
+            following = next_link(body)
+            if following is None:
                 return resources
+            url = following
         raise FetchError(f"more than {self.max_pages} pages", kind="too_many_pages")
 
     def on_server(self, url: str) -> bool:
@@ -144,11 +145,13 @@ class FhirClient:
 def bundle_resources(bundle: dict) -> list[dict]:
     """Entry resources of a Bundle, leaving out OperationOutcome entries (search warnings)
     and entries that are not resources at all (no resourceType string)."""
-    out = []
+    out: list[dict] = []
     entries = bundle.get("entry")
     for entry in entries if isinstance(entries, list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        kind = resource.get("resourceType")
         if isinstance(kind, str) and kind and kind != "OperationOutcome":
             out.append(resource)
     return out

@@ -15,7 +15,6 @@ from cds_service.fhirpath import Environment, EvaluationError, Evaluator, plain
 from cds_service.knowledge import ActivityDefinition, element_path_segments
 
 
-
 def apply(
     definition: ActivityDefinition,
     evaluator: Evaluator,

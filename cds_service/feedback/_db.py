@@ -23,9 +23,10 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cds_service.engine import IssuedCard
@@ -267,4 +268,4 @@ def query(db: Database, conn: Any, text: str, params: Sequence[Any] = ()) -> lis
     with db.transaction(conn, write=False) as cur:
         cur.execute(db.sql(text), tuple(params))
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]

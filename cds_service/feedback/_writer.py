@@ -148,7 +148,7 @@ class Writer:
         with self.db.transaction(self._conn) as cur:
             feedback_db.insert_cards(self.db, cur, [r for job in batch for r in job.cards])
             news = [feedback_db.insert_feedback(self.db, cur, job.feedback) for job in batch]
-        for job, new in zip(batch, news):
+        for job, new in zip(batch, news, strict=False):
             job.new = new
             job.done.set()
 

@@ -132,7 +132,7 @@ class _Compiler:
             if nullable_input and util.is_nullable(data):
                 return []
             this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
-            values = [ctx, data] + [_make_param(ctx, this, t, p, f) for t, (p, f) in zip(types, params)]
+            values = [ctx, data] + [_make_param(ctx, this, t, p, f) for t, (p, f) in zip(types, params, strict=False)]
             if nullable and any(util.is_nullable(v) for v in values):
                 return []
             return util.arraify(fn(*values))
@@ -148,7 +148,7 @@ class _Compiler:
         params = self._params(node["children"])
 
         def infix(ctx: dict, data: Any) -> list:
-            values = [ctx] + [_make_param(ctx, data, t, p, f) for t, (p, f) in zip(types, params)]
+            values = [ctx] + [_make_param(ctx, data, t, p, f) for t, (p, f) in zip(types, params, strict=False)]
             if nullable and any(util.is_nullable(v) for v in values):
                 return []
             return util.arraify(fn(*values))

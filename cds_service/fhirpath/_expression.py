@@ -53,7 +53,7 @@ class FhirPathSyntaxError(ValueError):
 
 
 class _RaiseOnError(ErrorListener):
-    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802
+    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802, N803 - antlr4 names it
         raise FhirPathSyntaxError(f"column {column + 1}: {msg}")
 
 
@@ -94,8 +94,8 @@ def parse(source: str) -> Expression:
         compiled=compile_ast(ast, _REGISTRY),
         variables=frozenset(names),
         functions=frozenset(functions),
-        value_sets=tuple(_literal_arg(node) for fn, node in calls if fn == "memberOf" and _literal_arg(node)),
-        units=tuple(_literal_arg(node) for fn, node in calls if fn in ("toUnit", "convertsToUnit") and _literal_arg(node)),
+        value_sets=tuple(arg for fn, node in calls if fn == "memberOf" and (arg := _literal_arg(node))),
+        units=tuple(arg for fn, node in calls if fn in ("toUnit", "convertsToUnit") and (arg := _literal_arg(node))),
     )
 
 

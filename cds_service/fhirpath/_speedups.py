@@ -54,11 +54,11 @@ def _where(ctx: dict, data: Any, criterion: Callable) -> list:
     return util.flatten(kept)
 
 
-def registry_for(user_table: dict) -> dict[str, dict]:
+def registry_for(user_table: dict) -> dict[str, Any]:
     """fhirpathpy's functions overlaid with ours, merged once per table."""
     merged = _merged.get(id(user_table))
     if merged is None:
-        merged = {**invocation_registry, **user_table}
+        merged = {**invocation_registry, **user_table}  # type: ignore[dict-item]  # untyped library table
         merged["where"] = {**merged["where"], "fn": _where}
         _merged[id(user_table)] = merged
     return merged

@@ -141,7 +141,7 @@ def terminology_status(kb: KnowledgeBase) -> list[VsStatus]:
             continue
         expanded = kb.terminology.get(vs["url"])
         companion = kb.terminology.get(vs["url"] + "-site")
-        own = [c for c in expanded.concepts if (c.system, c.code) in direct]
+        own = [c for c in expanded.concepts if (c.system, c.code) in direct] if expanded else []
         result.append(VsStatus(
             url=vs["url"],
             title=vs.get("title") or vs.get("name") or vs["id"],

@@ -10,7 +10,10 @@ reasons. Problems are collected, not raised, so an author sees all of them at on
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service import fhirpath
 from cds_service.errors import Problem
@@ -87,7 +90,7 @@ class Compiler:
         else:
             source = raw
         try:
-            expr = fhirpath.parse(source)
+            expr = fhirpath.parse(source)  # type: ignore[arg-type]  # parse() refuses a non-string itself
         except fhirpath.FhirPathSyntaxError as exc:
             self._problem(element, f"FHIRPath does not parse: '{source}': {exc}")
             return None
@@ -199,7 +202,7 @@ class Compiler:
         if len(self.problems) > before:
             return None
         return CardAction(
-            code=code, title=title, description=action.get("description"),
+            code=code, title=str(title), description=action.get("description"),
             indicator=INDICATOR[priority], hooks=frozenset(hooks), variables=tuple(variables),
             conditions=tuple(conditions), dynamic=tuple(dynamic), suggestions=tuple(suggestions),
             selection_behavior=selection if suggestions else None, override_reasons=tuple(reasons),
@@ -372,16 +375,16 @@ class Compiler:
             self._problem(f"{element}.id", f"'{key}' must be an identifier: it is the prefetch key and the %name")
             return None
         before = len(self.problems)
-        from fhir.resources.R4B import get_fhir_model_class
         try:
-            get_fhir_model_class(kind)
+            get_fhir_model_class(str(kind))
         except Exception:
             self._problem(f"{element}.type", f"'{kind}' is not a FHIR resource type")
             return None
-        code_filters = [f for i, cf in enumerate(dr.get("codeFilter") or [])
-                        if (f := self._code_filter(kind, cf, f"{element}.codeFilter[{i}]")) is not None]
-        date_filters = [f for i, df in enumerate(dr.get("dateFilter") or [])
-                        if (f := self._date_filter(kind, df, f"{element}.dateFilter[{i}]")) is not None]
+        kind = str(kind)
+        code_filters = [c for i, cf in enumerate(dr.get("codeFilter") or [])
+                        if (c := self._code_filter(kind, cf, f"{element}.codeFilter[{i}]")) is not None]
+        date_filters = [d for i, df in enumerate(dr.get("dateFilter") or [])
+                        if (d := self._date_filter(kind, df, f"{element}.dateFilter[{i}]")) is not None]
         sort_paths = tuple(s["path"] for s in dr.get("sort") or [] if s.get("path"))
         if not sort_paths:
             sort_paths = date_filters[0].paths if date_filters else DEFAULT_DATE_PATHS.get(kind, ())
@@ -460,7 +463,6 @@ def _share_queries(requirements: list[DataRequirement]) -> list[DataRequirement]
     the last 6 months" cost the EHR a single query, as do IgG in 30 and in 60 days.
     Where two requirements hold the same data, the one written first keeps the key.
     """
-    from dataclasses import replace
 
     order = {r.key: i for i, r in enumerate(requirements)}
     candidates = [r for r in requirements if r.template and not r.limit and _window(r) is not False]

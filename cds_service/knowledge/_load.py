@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
 from cds_service.errors import KnowledgeError, Problem
 from cds_service.knowledge._compiler import Compiler
 from cds_service.knowledge._model import Artifact, Plan, Service
@@ -162,8 +165,6 @@ def _read_artifact(path: Path, raw: bytes, problems: list[Problem]) -> Artifact 
 
 
 def _validate_fhir(artifact: Artifact, problems: list[Problem]) -> None:
-    from fhir.resources.R4B import get_fhir_model_class
-    from pydantic import ValidationError
 
     kind = artifact.resource["resourceType"]
     try:
@@ -171,7 +172,7 @@ def _validate_fhir(artifact: Artifact, problems: list[Problem]) -> None:
     except ValidationError as exc:
         for error in exc.errors()[:10]:
             element = kind + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
-            problems.append(Problem(artifact.file, artifact.label, element, _fhir_message(error)))
+            problems.append(Problem(artifact.file, artifact.label, element, _fhir_message(dict(error))))
     except Exception as exc:  # fhir.resources raises its own errors for some inputs
         problems.append(Problem(artifact.file, artifact.label, kind, f"not valid FHIR R4: {exc}"))
 

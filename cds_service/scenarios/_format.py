@@ -160,7 +160,7 @@ def _resource(item: dict, library: dict[str, dict], patient: str, index: int, pr
     if kind == "Patient":
         item["id"] = patient
     elif kind not in ("Medication",):
-        key = PATIENT_FIELD.get(kind, "subject")
+        key = PATIENT_FIELD.get(str(kind), "subject")
         item.setdefault(key, {"reference": f"Patient/{patient}"})
     return item
 

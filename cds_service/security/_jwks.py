@@ -70,7 +70,7 @@ class KeyStore:
             cached = self._cache.get(url)
             age = self.clock() - cached.fetched if cached else None
             limit = self.config.jwks_refetch_interval if (fresh or cached and cached.error) else self.config.jwks_ttl
-            if cached is None or age >= limit:
+            if cached is None or age is None or age >= limit:
                 cached = self._download(url)
                 self._remember(url, cached)
         if cached.error and not cached.keys:

@@ -41,7 +41,7 @@ class TokenVerifier:
             raise Unauthenticated("jku must be a URL string")
         iss = _unverified_claims(token).get("iss")
         issuer = self.config.issuers.get(iss) if isinstance(iss, str) else None
-        if issuer is None:
+        if issuer is None or not isinstance(iss, str):
             raise Unauthenticated(f"issuer {_quoted(iss)} is not trusted")
         key = self.keys.key_for(issuer, kid, alg, jku)
         claims = self._decode(token, key, alg, iss)

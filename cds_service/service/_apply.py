@@ -105,7 +105,7 @@ def choose_hook(plan: Plan, params: dict[str, list[dict]]) -> str:
 
 def hook_request(service: Service, params: dict[str, list[dict]], today: dt.date) -> dict[str, Any]:
     """The CDS Hooks request the Parameters stand for, with the data Bundle as prefetch."""
-    subject = _reference(params, "subject", required=True)
+    subject = str(_reference(params, "subject", required=True))  # required: never None here
     context: dict[str, Any] = {"userId": _reference(params, "practitioner", required=True),
                                "patientId": subject.split("/", 1)[1]}
     encounter = _reference(params, "encounter", required=False)

@@ -49,7 +49,7 @@ def call(
     result = evaluate(service.plan, assembled.data, kb.terminology, explain)
     cards, issued = render(result)
     kept, kept_issued = [], []
-    for card, record in zip(cards, issued):
+    for card, record in zip(cards, issued, strict=False):
         errors = validation.card_errors(card)
         if errors:
             # A card the 2.0 schema refuses is our bug: never sent, always logged.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def outcome(message: str, code: str = "invalid", fields: list[str] | None = None) -> dict:
-    issue = {"severity": "error", "code": code, "diagnostics": message}
+    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": message}
     if fields:
         issue["expression"] = fields
     return {"resourceType": "OperationOutcome", "issue": [issue]}
