@@ -17,7 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import NOW, body_for  # noqa: E402
 
-from cds_service import create_app, fhirpath, fhirpath_speedups, hooks  # noqa: E402
+from cds_service import (
+    create_app,  # noqa: E402
+    fhirpath,
+)
+from cds_service.service import call as call_hook
 
 
 def main() -> None:
@@ -33,14 +37,14 @@ def main() -> None:
     state = app.extensions["mm_cds"]
     service, body = body_for(app, args.hook, args.resources)
     if args.interpreted:
-        fhirpath.COMPILED = False
-        fhirpath_speedups.uninstall()
+        fhirpath.set_compiled(False)
+        fhirpath.uninstall_speedups()
     for _ in range(10):
-        hooks.call(state.kb, service, body, NOW, state.fetch)
+        call_hook(state.kb, service, body, NOW, state.fetch)
     profiler = Profiler(interval=0.0002)
     with profiler:
         for _ in range(args.calls):
-            hooks.call(state.kb, service, body, NOW, state.fetch)
+            call_hook(state.kb, service, body, NOW, state.fetch)
     print(profiler.output_text(unicode=True, color=False, show_all=False))
 
 

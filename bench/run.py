@@ -41,7 +41,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from synthetic import make_patient, order_sign_context, patient_view_context  # noqa: E402
 
-from cds_service import create_app, hooks  # noqa: E402
+from cds_service import (
+    create_app,  # noqa: E402
+)
+from cds_service.service import call as call_hook
 from tests.support.ehr import build_prefetch  # noqa: E402
 from tests.support.fhir_server import FhirStore  # noqa: E402
 
@@ -84,11 +87,11 @@ def in_process(app, calls: int) -> list[dict]:
         for hook in HOOKS:
             service, body = body_for(app, hook, n)
             for _ in range(5):
-                hooks.call(state.kb, service, body, NOW, state.fetch)
+                call_hook(state.kb, service, body, NOW, state.fetch)
             times = []
             for _ in range(calls if n < 10000 else max(20, calls // 5)):
                 started = time.process_time()
-                outcome = hooks.call(state.kb, service, body, NOW, state.fetch)
+                outcome = call_hook(state.kb, service, body, NOW, state.fetch)
                 times.append(time.process_time() - started)
             rows.append({"resources": n, "service": service.id, "calls": len(times),
                          "median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
@@ -230,7 +233,7 @@ def fetch_path(app) -> dict:
                 times = []
                 for _ in range(7):
                     started = time.perf_counter()
-                    outcome = hooks.call(state.kb, service, body, NOW, state.fetch, explain=True)
+                    outcome = call_hook(state.kb, service, body, NOW, state.fetch, explain=True)
                     times.append(time.perf_counter() - started)
                 reports = outcome.response["extension"]["org.myeloma-cds.explain"]["dataRequirements"].values()
                 result[delay] = {"call_median_ms": statistics.median(times) * 1000,

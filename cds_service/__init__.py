@@ -6,17 +6,17 @@ Public API:
     evaluate(plan, data, ...)   the pure evaluation core
 
 Imported on first use, not with the package: `cds_service.gunicorn_conf` must set
-PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client (see metrics.py).
+PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client (see ops/_metrics.py).
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "create_app": ("app", "create_app"),
+    "create_app": ("web", "create_app"),
     "load_knowledge": ("knowledge", "load"),
-    "evaluate": ("evaluation", "evaluate"),
-    "RequestData": ("evaluation", "RequestData"),
+    "evaluate": ("engine", "evaluate"),
+    "RequestData": ("data", "RequestData"),
     "KnowledgeBase": ("knowledge", "KnowledgeBase"),
     "CdsError": ("errors", "CdsError"),
     "KnowledgeError": ("errors", "KnowledgeError"),

@@ -10,7 +10,9 @@
     │   ├── InvalidRequest        400: body or field invalid (names the field)
     │   ├── Unauthenticated       401: bearer JWT missing where required, or refused; the
     │   │                         answer carries WWW-Authenticate with the reason
-    │   ├── ServiceNotFound       404: no service with that id
+    │   ├── Forbidden             403: known caller, not allowed (admin reload off the host)
+    │   ├── NotFound              404: no such resource, scenario or service
+    │   │   └── ServiceNotFound   404: no CDS service with that id
     │   ├── PayloadTooLarge       413: body over the configured limit
     │   └── DataUnavailable       412: required data neither prefetched nor fetchable
     ├── StoreUnavailable          the feedback database did not commit in time -> HTTP 503
@@ -84,9 +86,22 @@ class Unauthenticated(RequestError):
     code = "login"
 
 
-class ServiceNotFound(RequestError):
+class Forbidden(RequestError):
+    """The caller is known but may not do this (the admin reload from off the host)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    """No such resource, scenario or service."""
+
     status = 404
     code = "not-found"
+
+
+class ServiceNotFound(NotFound):
+    """No CDS service with that id (for that hook)."""
 
 
 class PayloadTooLarge(RequestError):
@@ -98,8 +113,9 @@ class DataUnavailable(RequestError):
     status = 412
     code = "incomplete"
 
-    def __init__(self, message: str, keys: list[str]):
+    def __init__(self, message: str, keys: list[str], fetches: list | None = None):
         self.keys = keys
+        self.fetches = fetches or []  # the fetches tried before giving up (FetchRecord), for metrics
         super().__init__(message)
 
 

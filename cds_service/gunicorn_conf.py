@@ -66,10 +66,12 @@ else:
 
 # Imported only now: cds_service imports prometheus_client (see the docstring).
 from gunicorn.glogging import Logger as _GunicornLogger  # noqa: E402
+from prometheus_client import multiprocess as _multiprocess  # noqa: E402
 
 from cds_service import config as _config  # noqa: E402
-from cds_service import reload as _reload  # noqa: E402
-from cds_service.logs import JsonFormatter as _JsonFormatter  # noqa: E402
+from cds_service import web as _web  # noqa: E402  # the composition root: this file builds the server
+from cds_service.feedback import open_writer as _open_writer  # noqa: E402
+from cds_service.ops import JsonFormatter as _JsonFormatter  # noqa: E402
 
 _settings = _config.load()
 
@@ -125,7 +127,7 @@ def on_starting(server) -> None:
 # the master's (opened by create_app during preload) is closed before the first fork and
 # each worker opens its own. Without this, feedback in a worker waits and answers 503.
 def _state(server):
-    return server.app.wsgi().extensions["mm_cds"]  # the preloaded app
+    return _web.state_of(server.app.wsgi())  # the preloaded app
 
 
 def pre_fork(server, worker) -> None:
@@ -133,10 +135,8 @@ def pre_fork(server, worker) -> None:
 
 
 def post_fork(server, worker) -> None:
-    from cds_service.feedback_writer import open_writer
-
     state = _state(server)
-    state.feedback = open_writer(state.settings)
+    state.feedback = _open_writer(state.settings)
 
 
 def worker_exit(server, worker) -> None:
@@ -144,13 +144,11 @@ def worker_exit(server, worker) -> None:
 
 
 def child_exit(server, worker) -> None:
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    _multiprocess.mark_process_dead(worker.pid)
 
 
 
 # Reload (`mm-cds reload`, or HUP to the master): with preload_app the workers fork from the
 # master's app, so the master reloads the knowledge first, then gunicorn replaces the workers.
-when_ready = _reload.gunicorn_when_ready
-on_reload = _reload.gunicorn_on_reload
+when_ready = _web.gunicorn_when_ready
+on_reload = _web.gunicorn_on_reload

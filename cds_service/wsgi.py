@@ -15,8 +15,8 @@ import sys
 
 from flask import Flask
 
-from .app import create_app
-from .errors import CdsError
+from cds_service.errors import CdsError
+from cds_service.web import create_app
 
 
 def _build() -> Flask:

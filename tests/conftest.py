@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cds_service import config, knowledge, scenarios
-from cds_service.app import create_app
+from cds_service import config, knowledge, scenarios, web
+from cds_service.web import create_app
 
 from .support import fuzzing
 from .support.harness import Harness, Scenario
@@ -45,7 +45,7 @@ def kb():
 def app(kb):
     app = create_app({"explain_enabled": True}, kb=kb, clock=lambda: NOW)
     yield app
-    app.extensions["mm_cds"].feedback.close()
+    web.state_of(app).feedback.close()
 
 
 @pytest.fixture()

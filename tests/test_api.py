@@ -12,8 +12,8 @@ import requests
 from cds_service import create_app
 
 from .conftest import NOW
-from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
 from .support.loopback import serving
+from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
 from .support.sites import oversized_summary_site
 
 SIGN = "/cds-services/mm-tcell-order-sign"

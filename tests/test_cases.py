@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service import fhirpath, prefetch
+from cds_service import fhirpath, knowledge
 from cds_service.fhirpath import Environment, Evaluator, Scope, plain
-from cds_service.terminology import ndc_product
+from cds_service.knowledge import ndc_product
 
 CASES = Path(__file__).parent / "cases"
 FP = yaml.safe_load((CASES / "fhirpath.yaml").read_text())
@@ -26,9 +26,14 @@ def test_strict_parser_refuses(source):
         fhirpath.parse(source)
 
 
-@pytest.mark.parametrize("source", FP["accept"])
-def test_strict_parser_accepts(source):
-    assert fhirpath.parse(source).source == source
+@pytest.mark.parametrize("case", FP["accept"], ids=lambda c: c["source"])
+def test_strict_parser_accepts(case):
+    expr = fhirpath.parse(case["source"])
+    assert expr.variables == frozenset(case["variables"])
+    assert expr.functions == frozenset(case["functions"])
+    assert list(expr.units) == case.get("units", [])
+    assert list(expr.value_sets) == case.get("valueSets", [])
+    assert expr.compiled is not None
 
 
 @pytest.mark.parametrize("case", FP["evaluate"], ids=[c["name"] for c in FP["evaluate"]])
@@ -54,12 +59,12 @@ def test_value_set_membership(case, kb):
 
 @pytest.mark.parametrize("case", PRE["resolve"], ids=lambda c: c["template"])
 def test_token_resolution(case):
-    prefetch.check_template(case["template"])
+    knowledge.check_template(case["template"])
     context = {"patientId": "p1", "userId": "Practitioner/dr-1"}
-    assert prefetch.resolve(case["template"], context, TODAY) == case["expect"]
+    assert knowledge.resolve_template(case["template"], context, TODAY) == case["expect"]
 
 
 @pytest.mark.parametrize("template", PRE["refuse"])
 def test_unsupported_tokens_are_refused(template):
-    with pytest.raises(prefetch.TemplateError):
-        prefetch.check_template(template)
+    with pytest.raises(knowledge.TemplateError):
+        knowledge.check_template(template)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service import catalogue
+from cds_service import knowledge
 
 ROOT = Path(__file__).resolve().parent.parent
 B = "https://myeloma-cds.example.org/fhir"
@@ -26,19 +25,19 @@ def codes_of_codesystem(kb) -> set[str]:
 
 def test_every_recommendation_of_the_catalogue_is_an_action(kb):
     assert len(codes_of_codesystem(kb)) == 24
-    assert {e.code for e in catalogue.entries(kb)} == codes_of_codesystem(kb)
+    assert {e.code for e in knowledge.entries(kb)} == codes_of_codesystem(kb)
 
 
 def test_the_readme_tables_are_generated_from_the_artifacts(kb):
     readme = ROOT / "docs" / "catalogue.md"
-    assert catalogue.readme_is_fresh(readme, kb), "README is stale: run `mm-cds readme --update`"
+    assert knowledge.readme_is_fresh(readme, kb), "README is stale: run `mm-cds readme --update`"
 
 
 def test_the_readme_check_fails_when_an_artifact_changes(kb, tmp_path):
     stale = tmp_path / "README.md"
     text = (ROOT / "docs" / "catalogue.md").read_text().replace("Consider CAR-T cell therapy before a bispecific antibody |", "Old title |", 1)
     stale.write_text(text)
-    assert not catalogue.readme_is_fresh(stale, kb)
+    assert not knowledge.readme_is_fresh(stale, kb)
     done = subprocess.run([sys.executable, "-m", "cds_service", "readme", "--check", "--file", str(stale)],
                           capture_output=True, text=True, env={"MM_CDS_LOG_LEVEL": "ERROR", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 1 and "stale" in done.stderr

@@ -86,7 +86,7 @@ def test_explain_against_a_running_service_and_from_a_request_file(capsys, loopb
     assert "FIRED      SEQ-1  Consider CAR-T cell therapy before a bispecific antibody  [warning]" in out
     assert "suggests: Refer for CAR-T evaluation" in out
     # a request JSON file, in-process and against the service, tells the same
-    from cds_service.inprocess import scenario_request
+    from cds_service.service import scenario_request
 
     scenario = scenarios.find(FOLDER / "seq-1.yaml", "SEQ-1 fires for a first teclistamab order")
     import datetime as dt

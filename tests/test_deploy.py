@@ -25,14 +25,13 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import requests
 import yaml
 from fhir.resources.R4B.bundle import Bundle
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from cds_service import cli, create_app, scenarios
+from cds_service import cli, create_app, scenarios, web
 
 from .support.fhir_server import FhirServer, FhirStore
 
@@ -211,7 +210,7 @@ def test_the_loader_posts_every_scenario_patient_and_the_service_fetches_them(tm
             checked += 1
     finally:
         fhir.__exit__()
-        app.extensions["mm_cds"].feedback.close()
+        web.state_of(app).feedback.close()
     assert checked > 50
     # dates moved so that the scenario's `now` is today
     first = scenarios.load_all([folder])[0]

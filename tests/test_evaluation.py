@@ -8,7 +8,8 @@ import json
 import pytest
 
 from cds_service import config, knowledge
-from cds_service.evaluation import RequestData, evaluate
+from cds_service.data import RequestData
+from cds_service.engine import evaluate
 
 NOW = dt.datetime(2026, 6, 15, 12, tzinfo=dt.timezone.utc)
 B = "https://myeloma-cds.example.org/fhir"

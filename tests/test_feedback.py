@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from cds_service import cli, create_app, feedback_db
+from cds_service import cli, create_app, feedback, web
 from cds_service.errors import ConfigurationError
 
 from .conftest import NOW
@@ -42,7 +42,7 @@ def make_app(kb):
 
     yield make
     for app in made:
-        app.extensions["mm_cds"].feedback.close()
+        web.state_of(app).feedback.close()
 
 
 def issue(client, kb) -> tuple[dict, dict[str, dict]]:
@@ -71,10 +71,10 @@ def post(client, *items: dict, path: str = FEEDBACK):
 
 
 def stored(app) -> list[dict]:
-    writer = app.extensions["mm_cds"].feedback
+    writer = web.state_of(app).feedback
     conn = writer.db.connect()
     try:
-        return feedback_db.query(writer.db, conn, "SELECT * FROM feedback_linked ORDER BY outcome, card_uuid")
+        return feedback.query(writer.db, conn, "SELECT * FROM feedback_linked ORDER BY outcome, card_uuid")
     finally:
         conn.close()
 
@@ -120,7 +120,7 @@ def test_feedback_sent_to_another_replica_links_to_the_card(backend, make_app, k
     request, cards = issue(issuer.test_client(), kb)
     response = post(other.test_client(), overridden(cards["SEQ-1"]["uuid"]))
     assert response.status_code == 200
-    issuer.extensions["mm_cds"].feedback.flush()  # the issuing replica's writer catches up
+    web.state_of(issuer).feedback.flush()  # the issuing replica's writer catches up
     [row] = stored(other)
     assert row["linked"] == 1 and row["code"] == "SEQ-1" and row["hook_instance"] == request["hookInstance"]
 
@@ -199,7 +199,7 @@ class Outage:
 
 def test_an_outage_answers_503_and_loses_nothing(backend, make_app, kb):
     app = make_app({**backend, "feedback_wait": 0.3})
-    writer = app.extensions["mm_cds"].feedback
+    writer = web.state_of(app).feedback
     writer.db = outage = Outage(writer.db)
     client = app.test_client()
     _, cards = issue(client, kb)  # the hook call does not wait for the database
@@ -219,11 +219,11 @@ def test_rows_the_database_refuses_do_not_block_the_ones_after(backend, make_app
     client = app.test_client()
     # JSON bodies cannot carry such text (a lone surrogate is refused as invalid JSON), so the
     # poisoned record goes straight to the writer, as a future bug upstream might send it.
-    from cds_service.cards import IssuedCard
-    from cds_service.feedback_db import card_rows
+    from cds_service.engine import IssuedCard
+    from cds_service.feedback import card_rows
 
     poison = IssuedCard(str(uuid.uuid4()), "SEQ-1", "https://x/PlanDefinition/p", "1", ())
-    app.extensions["mm_cds"].feedback.record_cards(
+    web.state_of(app).feedback.record_cards(
         card_rows("mm-tcell-order-sign", "x\ud800\u0000", [poison], datetime.datetime.now(datetime.timezone.utc)))
     _, cards = issue(client, kb)
     assert post(client, overridden(cards["SEQ-1"]["uuid"])).status_code == 200
@@ -274,9 +274,9 @@ def test_feedback_to_a_plan_definition_id_is_accepted(client):
 def test_the_data_dir_is_created_and_the_schema_versioned(make_app, tmp_path):
     app = make_app({"data_dir": str(tmp_path / "nested" / "data")})
     assert (tmp_path / "nested" / "data" / "feedback.sqlite3").is_file()
-    writer = app.extensions["mm_cds"].feedback
+    writer = web.state_of(app).feedback
     conn = writer.db.connect()
-    assert [r["version"] for r in feedback_db.query(writer.db, conn, "SELECT version FROM schema_migrations")] == [1]
+    assert [r["version"] for r in feedback.query(writer.db, conn, "SELECT version FROM schema_migrations")] == [1]
     conn.close()
 
 

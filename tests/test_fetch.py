@@ -21,7 +21,7 @@ from cds_service import create_app
 
 from .conftest import NOW
 from .support.fhir_server import FhirServer, bundle, operation_outcome, refused_base
-from .support.requests_ import empty_prefetch, order_sign
+from .support.requests_ import order_sign
 
 SIGN = "/cds-services/mm-tcell-order-sign"
 PATIENT = {"resourceType": "Patient", "id": "p1"}

@@ -8,8 +8,11 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.careplan import CarePlan
 
-from cds_service import scenarios
+from cds_service import scenarios, web
 from cds_service.knowledge import KINDS
+from cds_service.service import care_plan
+
+NOW = __import__("datetime").datetime(2026, 6, 15, 12, tzinfo=__import__("datetime").timezone.utc)
 
 B = "https://myeloma-cds.example.org/fhir"
 FOLDER = scenarios.DEFAULT_FOLDER
@@ -63,7 +66,7 @@ def test_site_overrides_are_what_is_served(tmp_path):
     try:
         served = app.test_client().get("/fhir/ValueSet", query_string={"url": f"{B}/ValueSet/talquetamab-site"}).get_json()
     finally:
-        app.extensions["mm_cds"].feedback.close()
+        web.state_of(app).feedback.close()
     codes = {c["code"] for inc in served["entry"][0]["resource"]["compose"]["include"] for c in inc.get("concept", [])}
     assert {"TALQ-40", "TALQ-2"} <= codes
 
@@ -188,3 +191,22 @@ def test_apply_to_an_unknown_plan_definition_is_404(client):
     by_url = client.post("/fhir/PlanDefinition/$apply", query_string={"url": f"{B}/PlanDefinition/nope"},
                          json={"resourceType": "Parameters"})
     assert by_url.status_code == 404
+
+
+def test_apply_maps_a_card_it_cannot_trace_to_an_authored_action_from_the_card_alone(kb):
+    """A card whose code no top-level action of the PlanDefinition holds (a site's card, a
+    nested action) still becomes a RequestGroup action: from its own text, never a 500."""
+    plan = kb.services["mm-tcell-order-sign"].plan
+    card = {"uuid": "c-1", "summary": "A site's own card", "detail": "Why, in **Markdown**.",
+            "indicator": "info", "source": {"label": "Site", "topic": {"system": "urn:site", "code": "SITE-9"}},
+            "suggestions": [{"uuid": "s-1", "label": "Do it", "actions": [
+                {"type": "create", "description": "Order it", "resource": {"resourceType": "ServiceRequest"}}]}]}
+    context = {"patientId": "p1", "userId": "Practitioner/dr-1"}
+    plan_out = care_plan(kb, plan, "order-sign", context, [card], NOW)
+    group = plan_out["contained"][0]
+    [action] = group["action"]
+    assert action["title"] == "A site's own card" and action["description"] == "Why, in **Markdown**."
+    assert "priority" not in action and "documentation" not in action
+    assert action["code"] == [{"coding": [{"system": "urn:site", "code": "SITE-9"}]}]
+    assert action["action"][0]["resource"] == {"reference": "#proposal-1"}
+    assert plan_out["contained"][1] == {"resourceType": "ServiceRequest", "id": "proposal-1"}

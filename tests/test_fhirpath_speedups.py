@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cds_service import create_app, fhirpath, fhirpath_speedups, hooks
+from cds_service import create_app, fhirpath, web
+from cds_service.service import call as call_hook
 
 from .support.ehr import build_prefetch
 from .support.fhir_server import FhirStore
@@ -45,7 +46,7 @@ def _stable(response: dict) -> dict:
 @pytest.fixture(scope="module")
 def state():
     app = create_app({"explain_enabled": True, "site_dirs": (str(EXAMPLE_SITE),)})
-    return app.extensions["mm_cds"]
+    return web.state_of(app)
 
 
 def _run(state, scenario: Scenario) -> dict:
@@ -53,26 +54,32 @@ def _run(state, scenario: Scenario) -> dict:
     context = scenario.context()
     body = {"hook": scenario.hook, "hookInstance": str(uuid.uuid4()), "context": context,
             "prefetch": build_prefetch(service.prefetch, context, FhirStore(scenario.chart), scenario.now.date())}
-    return _stable(hooks.call(state.kb, service, body, scenario.now, state.fetch, explain=True).response)
+    return _stable(call_hook(state.kb, service, body, scenario.now, state.fetch, explain=True).response)
 
 
 def test_compiled_and_interpreted_fhirpath_agree_on_every_scenario(state):
     scenarios = _all_scenarios()
     fast = [_run(state, s) for s in scenarios]
     try:
-        fhirpath.COMPILED = False
-        fhirpath_speedups.uninstall()
+        fhirpath.set_compiled(False)
+        fhirpath.uninstall_speedups()
         plain = [_run(state, s) for s in scenarios]
     finally:
-        fhirpath.COMPILED = True
-        fhirpath_speedups.install()
+        fhirpath.set_compiled(True)
+        fhirpath.install_speedups()
     assert len(fast) == len(scenarios) > 150
     for scenario, a, b in zip(scenarios, fast, plain):
         assert a == b, f"FHIRPath fast path differs on: {scenario.name}"
 
 
 def test_errors_are_the_same_compiled_and_interpreted(state):
-    from cds_service.fhirpath import Environment, EvaluationError, Evaluator, Scope, parse
+    from cds_service.fhirpath import (
+        Environment,
+        EvaluationError,
+        Evaluator,
+        Scope,
+        parse,
+    )
 
     scope = Scope(state.kb.terminology, __import__("datetime").date(2026, 6, 15))
     env = Environment({"x": [1, 2], "s": ["a"]}, {})
@@ -81,11 +88,11 @@ def test_errors_are_the_same_compiled_and_interpreted(state):
         expression = parse(source)
         outcomes = []
         for compiled in (True, False):
-            fhirpath.COMPILED = compiled
+            fhirpath.set_compiled(compiled)
             try:
                 outcomes.append(("ok", fhirpath.plain(Evaluator(scope, None).run(expression, env))))
             except EvaluationError as exc:
                 outcomes.append(("error", str(exc)))
             finally:
-                fhirpath.COMPILED = True
+                fhirpath.set_compiled(True)
         assert outcomes[0] == outcomes[1], source

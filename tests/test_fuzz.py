@@ -24,10 +24,13 @@ import pytest
 import schemathesis
 from hypothesis import given
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from cds_service import create_app
+from cds_service import create_app, web
 
 from .conftest import NOW
 from .support.fuzzing import TALLY, CannedTransport, bounded, mutated, problems, seeds
@@ -45,7 +48,7 @@ def fuzz_app(kb, caplog, tmp_path):
     app = create_app({"explain_enabled": True, "fetch_timeout": 1.0, "site_dirs": (str(EXAMPLE_SITE),),
                       "data_dir": str(tmp_path / "data")}, transport=transport, clock=lambda: NOW)
     yield app, transport
-    app.extensions["mm_cds"].feedback.close()
+    web.state_of(app).feedback.close()
 
 
 def _has_input(operation) -> bool:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 
 import requests
 
-from cds_service import create_app, logs
+from cds_service import create_app, ops
 
 from .conftest import NOW
 from .support.fhir_server import refused_base
@@ -29,7 +28,7 @@ def secret_patient() -> dict:
 def test_request_log_has_the_request_facts_and_no_patient_data(kb):
     app = create_app({"explain_enabled": True}, kb=kb, clock=lambda: NOW)
     stream = io.StringIO()
-    logs.configure("INFO", stream)
+    ops.configure_logging("INFO", stream)
     client = app.test_client()
     services = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}
     prefetch = empty_prefetch(services["mm-tcell-order-sign"], secret_patient())
@@ -37,7 +36,7 @@ def test_request_log_has_the_request_facts_and_no_patient_data(kb):
     assert client.post("/cds-services/mm-tcell-order-sign?explain=1", json=body).status_code == 200
     bad = dict(body, context=dict(body["context"], userId="Zebedee"))
     assert client.post("/cds-services/mm-tcell-order-sign", json=bad).status_code == 400
-    logs.configure("INFO")
+    ops.configure_logging("INFO")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     calls = [line for line in lines if line.get("event") == "request" and line["method"] == "POST"]
     assert len(calls) == 2
@@ -85,13 +84,13 @@ def test_gunicorn_logs_are_json_lines_without_patient_data(tmp_path):
 def test_caller_chosen_text_in_prefetch_keys_and_hook_instance_is_not_logged(kb):
     app = create_app({}, kb=kb, clock=lambda: NOW)
     stream = io.StringIO()
-    logs.configure("INFO", stream)
+    ops.configure_logging("INFO", stream)
     client = app.test_client()
     bad_key = order_sign(prefetch={SECRET_NAME: "not a resource"})
     assert client.post("/cds-services/mm-tcell-order-sign", json=bad_key).status_code == 400
     odd_instance = order_sign(hookInstance=f"{SECRET_NAME} Quentin")
     client.post("/cds-services/mm-tcell-order-sign", json=odd_instance)
-    logs.configure("INFO")
+    ops.configure_logging("INFO")
     text = stream.getvalue()
     assert SECRET_NAME not in text and "Quentin" not in text
     lines = [json.loads(line) for line in text.splitlines() if '"event": "request"' in line]

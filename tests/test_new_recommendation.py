@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from cds_service import cli, create_app, scenarios
+from cds_service import cli, create_app, scenarios, web
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "new-recommendation"
@@ -50,4 +50,4 @@ def test_files_added_to_a_served_site_directory_are_served_after_a_reload(tmp_pa
         page = client.get("/").get_data(as_text=True)
         assert "<td>EX-1</td>" in page and "Example: check CMV IgG before CAR-T cell therapy" in page
     finally:
-        app.extensions["mm_cds"].feedback.close()
+        web.state_of(app).feedback.close()

@@ -10,9 +10,10 @@ from pathlib import Path
 import yaml
 from openapi_spec_validator import validate
 
-from cds_service import openapi
+import cds_service
+from cds_service import web
 
-PACKAGE = Path(openapi.__file__).resolve().parent
+PACKAGE = Path(cds_service.__file__).resolve().parent
 SCHEMA_FILES = ("request", "context-order-select", "context-order-sign", "context-patient-view", "response",
                 "feedback")
 
@@ -33,7 +34,7 @@ def test_the_served_description_is_valid_openapi_3_1_in_json_and_yaml(client):
 
 
 def test_the_shipped_file_is_valid_with_its_references_to_the_schema_files():
-    source = openapi.source()
+    source = web.openapi_source()
     assert {name: source["components"]["schemas"][name] for name in SCHEMA_FILES} == \
         {name: {"$ref": f"schemas/{name}.json"} for name in SCHEMA_FILES}
     validate(source, base_uri=PACKAGE.as_uri() + "/")  # resolves schemas/*.json beside it

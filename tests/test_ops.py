@@ -8,7 +8,7 @@ import json
 import pytest
 from werkzeug.wrappers import Response
 
-from cds_service import config, create_app
+from cds_service import config, create_app, web
 
 from .conftest import NOW
 from .support.fhir_server import FhirServer
@@ -99,7 +99,7 @@ def test_metrics_count_requests_latency_cards_fetches_and_errors(metered):
     calls = delta("mm_cds_request_seconds_count", endpoint=CALL)
     assert calls == 6
     assert delta("mm_cds_request_seconds_bucket", endpoint=CALL, le="10.0") == calls
-    assert sample(after, "mm_cds_knowledge_info", fingerprint=metered.application.extensions["mm_cds"].kb.fingerprint) == 1
+    assert sample(after, "mm_cds_knowledge_info", fingerprint=web.state_of(metered.application).kb.fingerprint) == 1
     assert "le=\"0.001\"" in after and "le=\"0.05\"" in after  # buckets for a 1-50 ms service
 
 

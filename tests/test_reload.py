@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from cds_service import create_app, reload, scenarios
-from cds_service.inprocess import scenario_request
+from cds_service import create_app, scenarios, web
+from cds_service.service import scenario_request
 
 from .support.loopback import serving
 
@@ -108,7 +108,7 @@ def test_reload_command_serves_the_edit_refuses_a_broken_one_and_drops_nothing(k
     plan_dir, vs_dir = knowledge_copy
     app = create_app({"knowledge_dirs": (str(plan_dir), str(vs_dir)), "site_dirs": ()})
     with serving(app) as base:
-        hammer = Hammer(f"{base}/cds-services/mm-tcell-order-sign", order_sign_body(app.extensions["mm_cds"].kb))
+        hammer = Hammer(f"{base}/cds-services/mm-tcell-order-sign", order_sign_body(web.state_of(app).kb))
         try:
             hammer.wait_for(TITLE)
             edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
@@ -219,24 +219,24 @@ def test_under_gunicorn_the_master_reloads_and_the_admin_call_signals_it(knowled
                                "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert master.stdout.readline().strip() == "ready"
-        reload.gunicorn_when_ready(server)
-        app.extensions[reload.MASTER_PID] = master.pid  # as if this process were the worker of that master
+        web.gunicorn_when_ready(server)
+        web.state_of(app).master_pid = master.pid  # as if this process were the worker of that master
         client = app.test_client()
-        before = app.extensions["mm_cds"].kb.fingerprint
+        before = web.state_of(app).kb.fingerprint
         edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
         answer = client.post("/admin/reload")
         assert answer.status_code == 200 and f"gunicorn master {master.pid} signalled" in answer.get_json()["message"]
         assert master.stdout.readline().strip() == "HUP"
-        assert app.extensions["mm_cds"].kb.fingerprint == before  # the worker does not swap: the master does
-        reload.gunicorn_on_reload(server)  # gunicorn calls this in the master on SIGHUP, before forking
-        assert app.extensions["mm_cds"].kb.fingerprint != before
+        assert web.state_of(app).kb.fingerprint == before  # the worker does not swap: the master does
+        web.gunicorn_on_reload(server)  # gunicorn calls this in the master on SIGHUP, before forking
+        assert web.state_of(app).kb.fingerprint != before
         edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
         refused = client.post("/admin/reload")
         assert refused.status_code == 422 and "does not parse" in json.dumps(refused.get_json())
     finally:
         master.kill()
         master.wait()
-        app.extensions["mm_cds"].feedback.close()
+        web.state_of(app).feedback.close()
 
 
 def test_reload_under_real_gunicorn_reaches_every_worker_and_drops_nothing(knowledge_copy, tmp_path, kb):

@@ -11,7 +11,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from cds_service import cli, config, create_app, security
+from cds_service import cli, config, create_app, security, web
 from cds_service.errors import ConfigurationError
 
 from .conftest import NOW
@@ -52,7 +52,7 @@ def make_app(kb, host="0.0.0.0", base=BASE, **table):
 def secured(kb, keys):
     app = make_app(kb, **trusted(keys))
     yield app
-    app.extensions["mm_cds"].feedback.close()
+    web.state_of(app).feedback.close()
 
 
 def call(client, kb, endpoint: str, token: str | None = None, remote: str = "127.0.0.1", query: str = ""):

@@ -13,11 +13,12 @@ import yaml
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-from cds_service.fetch import ByteBudget, Response
+from cds_service.data import ByteBudget, Response
 
 from .ehr import build_prefetch
 from .fhir_server import FhirStore
 from .harness import SCENARIOS, Scenario, load_library
+
 
 # Bounded and deterministic: the same examples on every run and machine, no example database.
 def bounded(examples: int) -> settings:

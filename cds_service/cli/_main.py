@@ -1,0 +1,151 @@
+"""mm-cds: run, validate and document the service.
+
+    mm-cds serve                    run the CDS Hooks service
+    mm-cds validate                 validate every knowledge artifact (exit 1 with the problems)
+    mm-cds catalogue [--format F]   the recommendation catalogue, generated from the artifacts
+    mm-cds terminology check        unverified codes and concepts with no code (--strict: exit 1 if any)
+    mm-cds readme --update|--check  regenerate (or check) the README's generated sections
+    mm-cds feedback-report [--json] cards shown, accepted and overridden per recommendation
+    mm-cds test | explain | reload | export-patients    see cli/_tools.py
+
+`mm-cds serve --prod` replaces itself with gunicorn, configured by cds_service/gunicorn_conf.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cds_service import config, feedback, knowledge, web
+from cds_service.cli import _tools as cli_tools
+from cds_service.errors import ConfigurationError, KnowledgeError
+
+README = config.ROOT / "README.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mm-cds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the CDS Hooks service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--prod", action="store_true", help="run under gunicorn (several workers)")
+    sub.add_parser("validate", help="validate every knowledge artifact")
+    cat = sub.add_parser("catalogue", help="print the recommendation catalogue")
+    cat.add_argument("--format", choices=("markdown", "html"), default="markdown")
+    term = sub.add_parser("terminology", help="terminology status")
+    term.add_argument("action", choices=("check", "status"))
+    term.add_argument("--strict", action="store_true", help="exit 1 while anything is unverified or unmapped")
+    readme = sub.add_parser("readme", help="the README's generated sections (shipped artifacts only)")
+    group = readme.add_mutually_exclusive_group(required=True)
+    group.add_argument("--update", action="store_true")
+    group.add_argument("--check", action="store_true")
+    readme.add_argument("--file", type=Path, default=README)
+    report = sub.add_parser("feedback-report", help="cards shown, accepted and overridden per recommendation")
+    report.add_argument("--json", action="store_true", help="JSON instead of a table")
+    report.add_argument("--database-url", help="postgresql://... (default: the database_url setting)")
+    report.add_argument("--data-dir", help="the SQLite folder (default: the data_dir setting)")
+    tools = cli_tools.register(sub)
+    args = parser.parse_args(argv)
+    handlers = {"validate": _validate, "serve": _serve, "catalogue": _catalogue, "terminology": _terminology,
+                "readme": _readme, "feedback-report": _feedback_report, **tools}
+    return handlers[args.command](args)
+
+
+def _feedback_report(args: argparse.Namespace) -> int:
+    settings = config.load({k: v for k, v in (("database_url", args.database_url), ("data_dir", args.data_dir)) if v})
+    try:
+        db = feedback.open_database(settings.database_url, settings.data_dir)
+        reports = feedback.build_report(db)
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Exception as exc:  # the database cannot be reached or read: say so, no traceback
+        print(f"cannot read the feedback database: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(feedback.report_json(reports), indent=2) if args.json else feedback.report_table(reports))
+    return 0
+
+
+def _load(shipped_only: bool = False) -> knowledge.KnowledgeBase:
+    settings = config.load()
+    directories = settings.knowledge_dirs if shipped_only else settings.directories
+    return knowledge.load(directories, settings.canonical_base)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        kb = _load()
+    except KnowledgeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"ok: {len(kb.files)} files, {len(kb.plans)} PlanDefinitions, services: {', '.join(sorted(kb.services))}")
+    return 0
+
+
+GUNICORN = ["-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+
+
+def _serve_prod(overrides: dict[str, object]) -> int:
+    # gunicorn_conf reads the settings from the environment, like every other setting.
+    for name, value in overrides.items():
+        os.environ[f"MM_CDS_{name.upper()}"] = str(value)
+    os.execv(sys.executable, [sys.executable, *GUNICORN])
+    return 1  # not reached: execv replaces this process
+
+
+def _catalogue(args: argparse.Namespace) -> int:
+    kb = _load()
+    print(knowledge.catalogue_html(kb) if args.format == "html" else knowledge.catalogue_markdown(kb))
+    return 0
+
+
+def _terminology(args: argparse.Namespace) -> int:
+    kb = _load()
+    if args.action == "status":
+        print(knowledge.terminology_markdown(kb))
+        return 0
+    text, open_items = knowledge.terminology_check_text(kb)
+    print(text)
+    print(f"\n{open_items} item(s) to confirm or map before go-live.")
+    return 1 if args.strict and open_items else 0
+
+
+def _readme(args: argparse.Namespace) -> int:
+    kb = _load(shipped_only=True)
+    text = args.file.read_text()
+    fresh = knowledge.render_readme(text, kb)
+    if args.check:
+        if fresh != text:
+            print(f"{args.file}: generated sections are stale; run `mm-cds readme --update`", file=sys.stderr)
+            return 1
+        print(f"{args.file}: generated sections are up to date")
+        return 0
+    args.file.write_text(fresh)
+    print(f"{args.file}: generated sections updated")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+    if args.prod:
+        return _serve_prod(overrides)
+    settings = config.load(overrides)
+    try:
+        app = web.create_app(settings)
+    except KnowledgeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ConfigurationError as exc:
+        print(f"mm-cds: not starting: {exc}", file=sys.stderr)
+        return 2
+    web.serve_dev(app, settings.host, settings.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

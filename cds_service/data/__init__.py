@@ -1,0 +1,39 @@
+"""The request's data: prefetch as received, fetching what is missing from fhirServer
+(concurrently, under one deadline), medication references resolved, and each data
+requirement applied in Python (patient, codes, status, dates, newest first).
+
+Public API:
+    assemble(service, body, now, fetch) -> Assembled   raises DataUnavailable (412)
+    Assembled         .data (RequestData), .reports (per key), .raw (as received), .fetches
+    RequestData       what the engine evaluates over
+    FetchSettings     transport, executor, timeout, page and byte limits
+    FetchRecord       one key fetched: outcome kind and seconds (the caller records metrics)
+    Transport, RequestsTransport, Response, ByteBudget   the injectable HTTP transport
+    bundle_resources(bundle), next_link(bundle)         reading Bundles
+    draft_orders(context), trigger_orders(hook, context, orders)
+No metrics, no Flask: the layer that owns the request records what this returns.
+"""
+
+from cds_service.data._assemble import (
+    Assembled,
+    FetchRecord,
+    FetchSettings,
+    KeyReport,
+    RequestData,
+    assemble,
+    draft_orders,
+    trigger_orders,
+)
+from cds_service.data._fetch import (
+    ByteBudget,
+    RequestsTransport,
+    Response,
+    Transport,
+    bundle_resources,
+    next_link,
+)
+
+__all__ = [
+    "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "KeyReport", "RequestData", "RequestsTransport",
+    "Response", "Transport", "assemble", "bundle_resources", "draft_orders", "next_link", "trigger_orders",
+]

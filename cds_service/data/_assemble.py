@@ -1,0 +1,239 @@
+"""Assemble a request's data: prefetch first, then fetch what is missing, concurrently.
+
+Per data requirement (= prefetch key):
+  prefetched resource or Bundle    used; a Bundle with a next link is paged from fhirServer
+  null, or an empty Bundle         no data
+  OperationOutcome, or absent      fetched from fhirServer (bearer token), with a timeout
+  template needs an absent context field (e.g. no encounterId)   no data, said in the trace
+  code filter on an empty value set   nothing can match: no data, nothing fetched
+A key that can be neither prefetched nor fetched makes the call answer 412.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from concurrent.futures import Executor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from cds_service import knowledge
+from cds_service.data._fetch import FhirClient, Transport, bundle_resources, next_link
+from cds_service.data._retrieve import Retriever, resolve_medications
+from cds_service.errors import DataUnavailable, FetchError, InvalidRequest
+from cds_service.knowledge import Service
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """One prefetch key fetched from fhirServer: its outcome kind and its duration."""
+
+    key: str
+    outcome: str  # "ok" or one of errors.FETCH_KINDS
+    seconds: float
+
+
+@dataclass
+class RequestData:
+    """The assembled, filtered data of one call: what the engine evaluates over."""
+
+    hook: str
+    context: dict
+    patient: dict | None
+    draft_orders: list[dict]
+    selections: list[dict]  # the trigger orders: order-select's selected, order-sign's all
+    retrieved: dict[str, list[dict]]
+    now: dt.datetime
+
+    @property
+    def today(self) -> dt.date:
+        return self.now.astimezone(dt.timezone.utc).date()
+
+
+@dataclass
+class KeyReport:
+    source: str  # prefetch | fetch | none
+    received: int = 0
+    count: int = 0
+    note: str | None = None
+    other_patient: int = 0
+    seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "received": self.received, "count": self.count}
+        if self.note:
+            out["note"] = self.note
+        if self.other_patient:
+            out["droppedOtherPatient"] = self.other_patient
+        if self.seconds is not None:
+            out["fetchMs"] = round(self.seconds * 1000, 1)
+        return out
+
+
+@dataclass
+class Assembled:
+    data: RequestData
+    reports: dict[str, KeyReport] = field(default_factory=dict)
+    raw: dict[str, list[dict]] = field(default_factory=dict)  # as received, for the trace
+    fetches: list[FetchRecord] = field(default_factory=list)  # what was fetched, and how it went
+
+
+@dataclass
+class FetchSettings:
+    transport: Transport
+    executor: Executor
+    timeout: float = 5.0
+    max_pages: int = 20
+    max_bytes: int = 16 * 1024 * 1024
+
+
+def draft_orders(context: dict) -> list[dict]:
+    bundle = context.get("draftOrders") or {}
+    return bundle_resources(bundle)
+
+
+def trigger_orders(hook: str, context: dict, orders: list[dict]) -> list[dict]:
+    """order-select: the selected draft orders; order-sign: all of them; else none."""
+    if hook == "order-sign":
+        return orders
+    if hook != "order-select":
+        return []
+    by_ref = {f"{o.get('resourceType')}/{o.get('id')}": o for o in orders}
+    selected = []
+    for i, ref in enumerate(context.get("selections") or []):
+        if ref not in by_ref:
+            raise InvalidRequest(f"context.selections[{i}]: {ref} is not in context.draftOrders",
+                                 field=f"context.selections[{i}]")
+        selected.append(by_ref[ref])
+    return selected
+
+
+def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSettings) -> Assembled:
+    context = body["context"]
+    trigger_orders(service.hook, context, draft_orders(context))  # a bad selection is a 400 before any fetch
+    today = now.astimezone(dt.timezone.utc).date()
+    raw: dict[str, list[dict]] = {}
+    reports: dict[str, KeyReport] = {}
+    to_fetch: dict[str, str] = {}  # key -> relative query or absolute next-page url
+    given = body.get("prefetch") or {}
+    for req in service.plan.requirements:
+        if req.derived_from:
+            continue  # filled from its source key below
+        if req.template is None:
+            raw[req.key], reports[req.key] = [], KeyReport("none", note=req.skip_reason)
+            continue
+        query = knowledge.resolve_template(req.template, context, today)
+        if query is None:
+            raw[req.key], reports[req.key] = [], KeyReport("none", note="its query needs a context field the request lacks")
+            continue
+        value = given.get(req.key, ...)
+        if value is None:
+            raw[req.key], reports[req.key] = [], KeyReport("prefetch", note="null: no data")
+        elif value is ... or value.get("resourceType") == "OperationOutcome":
+            to_fetch[req.key] = query
+        elif value.get("resourceType") == "Bundle":
+            raw[req.key] = bundle_resources(value)
+            reports[req.key] = KeyReport("prefetch", received=len(raw[req.key]))
+            if next_link(value):
+                to_fetch[req.key] = next_link(value)
+        else:
+            raw[req.key], reports[req.key] = [value], KeyReport("prefetch", received=1)
+    fetches: list[FetchRecord] = []
+    if to_fetch:
+        _fetch_all(to_fetch, body, fetch, raw, reports, fetches)
+    for req in service.plan.requirements:
+        if req.derived_from:
+            raw[req.key] = raw[req.derived_from]
+            source = reports[req.derived_from]
+            reports[req.key] = KeyReport(source.source, received=source.received,
+                                         note=f"narrowed from the data of {req.derived_from}")
+    ordered = {req.key: reports[req.key] for req in service.plan.requirements}
+    return Assembled(_request_data(service, body, now, raw, ordered, today), ordered, raw, fetches)
+
+
+def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
+               raw: dict[str, list[dict]], reports: dict[str, KeyReport], fetches: list[FetchRecord]) -> None:
+    server = body.get("fhirServer")
+    if not server:
+        keys = sorted(to_fetch)
+        raise DataUnavailable(
+            f"prefetch key(s) {', '.join(keys)} missing and no fhirServer to fetch them from", keys)
+    token = (body.get("fhirAuthorization") or {}).get("access_token")
+    client = FhirClient(server, token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes)
+    deadline = time.monotonic() + fetch.timeout
+    started = time.monotonic()
+
+    elapsed: dict[str, float] = {}  # per key, measured in its own thread
+
+    def run(key: str, target: str) -> list[dict]:
+        try:
+            if target.startswith(("http://", "https://")):
+                return client.follow(target, deadline)
+            return client.query(target, deadline)
+        finally:
+            elapsed[key] = time.monotonic() - started
+
+    futures = {key: fetch.executor.submit(run, key, target) for key, target in to_fetch.items()}
+    failures: dict[str, str] = {}
+    for key, future in futures.items():
+        try:
+            resources = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+        except FutureTimeout:
+            future.cancel()
+            failures[key] = f"timed out after {fetch.timeout:.1f}s"
+            fetches.append(FetchRecord(key, "timeout", fetch.timeout))
+            continue
+        except FetchError as exc:
+            failures[key] = exc.reason
+            fetches.append(FetchRecord(key, exc.kind, elapsed[key]))
+            continue
+        previous = raw.get(key, [])
+        raw[key] = previous + resources
+        reports[key] = KeyReport("fetch" if not previous else "prefetch+fetch", received=len(raw[key]),
+                                 seconds=elapsed[key])
+        fetches.append(FetchRecord(key, "ok", elapsed[key]))
+    if failures:
+        keys = sorted(failures)
+        detail = "; ".join(f"{k}: {failures[k]}" for k in keys)
+        raise DataUnavailable(f"required data could not be fetched ({detail})", keys, fetches)
+
+
+def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str, list[dict]],
+                  reports: dict[str, KeyReport], today: dt.date) -> RequestData:
+    context = body["context"]
+    orders = draft_orders(context)
+    pool = [r for resources in raw.values() for r in resources] + orders
+    orders = resolve_medications(orders, pool)
+    resolved = _resolve_once(raw, pool)
+    retriever = Retriever(today, context.get("patientId", ""))
+    retrieved: dict[str, list[dict]] = {}
+    patient = None
+    for req in service.plan.requirements:
+        result = retriever.run(req, resolved.get(req.key, []))
+        retrieved[req.key] = result.resources
+        report = reports[req.key]
+        report.count, report.other_patient = len(result.resources), result.other_patient
+        if req.type == "Patient" and result.resources:
+            patient = result.resources[0]
+    return RequestData(
+        hook=service.hook,
+        context=context,
+        patient=patient,
+        draft_orders=orders,
+        selections=trigger_orders(service.hook, context, orders),
+        retrieved=retrieved,
+        now=now,
+    )
+
+
+def _resolve_once(raw: dict[str, list[dict]], pool: list[dict]) -> dict[str, list[dict]]:
+    """Medication references resolved once per list: derived keys share their source's
+    list, and the retriever's per-list caches rely on that sharing."""
+    by_list: dict[int, list[dict]] = {}
+    resolved = {}
+    for key, resources in raw.items():
+        if id(resources) not in by_list:
+            by_list[id(resources)] = resolve_medications(resources, pool)
+        resolved[key] = by_list[id(resources)]
+    return resolved

@@ -1,0 +1,47 @@
+"""What the engine reads (RequestData) and what it records per expression (Outcome)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class RequestData(Protocol):
+    """Everything an evaluation may read, already assembled and filtered (the data layer
+    builds it; the engine only reads these attributes)."""
+
+    hook: str
+    context: dict
+    patient: dict | None
+    draft_orders: list[dict]
+    selections: list[dict]  # the trigger orders: order-select's selected, order-sign's all
+    retrieved: dict[str, list[dict]]
+    now: dt.datetime
+
+    @property
+    def today(self) -> dt.date: ...
+
+
+@dataclass
+class Outcome:
+    """One expression's result, for the trace."""
+
+    element: str
+    expression: str
+    value: Any = None
+    error: str | None = None
+    description: str | None = None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"element": self.element, "expression": self.expression}
+        if self.description:
+            out["description"] = self.description
+        if self.error:
+            out["error"] = self.error
+        else:
+            out["value"] = self.value
+        if self.note:
+            out["note"] = self.note
+        return out

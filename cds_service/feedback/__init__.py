@@ -1,0 +1,29 @@
+"""Feedback and issued cards, stored durably (SQLite by default, PostgreSQL by URL).
+
+Public API:
+    open_writer(settings) -> Writer      the background writer (cards issued, feedback)
+    Writer                .record_cards, .record_feedback, .flush, .close
+    open_database(url) -> Database       SqliteDatabase or PostgresDatabase, migrated
+    card_rows(...), feedback_rows(...)   rows from an issued card / a feedback body
+    CardRow, FeedbackRow, query(db, sql)
+    build_report(db), report_json(reports), report_table(reports)   the feedback report
+"""
+
+from cds_service.feedback._db import (
+    CardRow,
+    Database,
+    FeedbackRow,
+    card_rows,
+    feedback_rows,
+    open_database,
+    query,
+)
+from cds_service.feedback._report import as_json as report_json
+from cds_service.feedback._report import as_table as report_table
+from cds_service.feedback._report import build as build_report
+from cds_service.feedback._writer import Writer, open_writer
+
+__all__ = [
+    "CardRow", "Database", "FeedbackRow", "Writer", "build_report", "card_rows", "feedback_rows", "open_database",
+    "open_writer", "query", "report_json", "report_table",
+]

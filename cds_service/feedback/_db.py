@@ -1,0 +1,270 @@
+"""The feedback database: SQLite (a file in data_dir) by default, PostgreSQL when
+database_url is set. The same SQL runs on both (only the parameter marker differs).
+
+    issued_cards   one row per card the service sent: what the card was (recommendation
+                   code, PlanDefinition url and version, suggestion uuids), for which call
+                   (service, hookInstance) and when. Any replica can then link feedback
+                   for a card another replica issued.
+    feedback       one row per distinct feedback item (see idempotency_key), as received.
+    feedback_linked  a view: each feedback row with its card's facts, linked = 0 when the
+                   card is unknown (yet): linking happens when read, so a card record still
+                   on its way from another replica links as soon as it lands.
+
+Timestamps are ISO 8601 UTC text in both databases, so they sort and compare the same.
+The schema is created and migrated at start-up, under a lock, by whichever replica
+starts first; schema_migrations records the versions applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ContextManager, Protocol
+from urllib.parse import urlsplit
+
+from cds_service.engine import IssuedCard
+from cds_service.errors import ConfigurationError
+
+# Each entry is one schema version: statements applied in one transaction.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE issued_cards (
+            card_uuid      TEXT PRIMARY KEY,
+            service_id     TEXT NOT NULL,
+            hook_instance  TEXT NOT NULL,
+            code           TEXT NOT NULL,
+            plan_url       TEXT NOT NULL,
+            plan_version   TEXT,
+            suggestions    TEXT NOT NULL,
+            issued_at      TEXT NOT NULL)""",
+        "CREATE INDEX issued_cards_code ON issued_cards (code)",
+        """CREATE TABLE feedback (
+            idempotency_key       TEXT PRIMARY KEY,
+            service_id            TEXT NOT NULL,
+            card_uuid             TEXT NOT NULL,
+            outcome               TEXT NOT NULL CHECK (outcome IN ('accepted', 'overridden')),
+            outcome_timestamp     TEXT NOT NULL,
+            accepted_suggestions  TEXT NOT NULL,
+            override_system       TEXT,
+            override_code         TEXT,
+            override_display      TEXT,
+            user_comment          TEXT,
+            received_at           TEXT NOT NULL)""",
+        "CREATE INDEX feedback_card ON feedback (card_uuid)",
+        """CREATE VIEW feedback_linked AS
+            SELECT f.*, c.code, c.plan_url, c.plan_version, c.hook_instance, c.service_id AS issued_by,
+                   c.issued_at, CASE WHEN c.card_uuid IS NULL THEN 0 ELSE 1 END AS linked
+            FROM feedback f LEFT JOIN issued_cards c ON c.card_uuid = f.card_uuid""",
+    ),
+)
+PG_MIGRATION_LOCK = 7_114_2024  # any constant: the advisory lock replicas share
+
+
+@dataclass(frozen=True)
+class CardRow:
+    card_uuid: str
+    service_id: str
+    hook_instance: str
+    code: str
+    plan_url: str
+    plan_version: str | None
+    suggestions: tuple[str, ...]
+    issued_at: str
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    service_id: str
+    card_uuid: str
+    outcome: str
+    outcome_timestamp: str
+    accepted_suggestions: tuple[str, ...]
+    override_system: str | None
+    override_code: str | None
+    override_display: str | None
+    user_comment: str | None
+    received_at: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """Same card, outcome, outcomeTimestamp, accepted suggestion ids (in any order) and
+        override reason and comment: the same feedback, stored once however often it is
+        posted. The endpoint it was posted to and the arrival time are not part of it."""
+        identity = [self.card_uuid, self.outcome, self.outcome_timestamp, sorted(self.accepted_suggestions),
+                    self.override_system, self.override_code, self.user_comment]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+
+def timestamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def card_rows(service_id: str, hook_instance: str, issued: Sequence[IssuedCard], now: dt.datetime) -> list[CardRow]:
+    return [CardRow(card_uuid=c.uuid, service_id=service_id, hook_instance=hook_instance, code=c.code,
+                    plan_url=c.plan_url, plan_version=c.plan_version, suggestions=c.suggestions,
+                    issued_at=timestamp(now)) for c in issued]
+
+
+def feedback_rows(body: dict[str, Any], service_id: str, now: dt.datetime) -> list[FeedbackRow]:
+    rows = []
+    for item in body["feedback"]:
+        override = item.get("overrideReason") or {}
+        reason = override.get("reason") or {}
+        rows.append(FeedbackRow(
+            service_id=service_id, card_uuid=item["card"], outcome=item["outcome"],
+            outcome_timestamp=item["outcomeTimestamp"],
+            accepted_suggestions=tuple(s["id"] for s in item.get("acceptedSuggestions", [])),
+            override_system=reason.get("system"), override_code=reason.get("code"),
+            override_display=reason.get("display"), user_comment=override.get("userComment"),
+            received_at=timestamp(now)))
+    return rows
+
+
+class Database(Protocol):
+    """One backend: how to connect, run a transaction and write parameters."""
+
+    name: str
+
+    def connect(self) -> Any: ...
+
+    def sql(self, text: str) -> str: ...
+
+    def transaction(self, conn: Any, schema_lock: bool = False, write: bool = True) -> ContextManager[Any]: ...
+
+    def transient(self, exc: Exception) -> bool:
+        """True when the failure is the database's state (down, busy), not the data's."""
+        ...
+
+
+class SqliteDatabase:
+    name = "sqlite"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def connect(self) -> sqlite3.Connection:
+        # isolation_level None: we issue BEGIN IMMEDIATE ourselves (DDL included);
+        # WAL lets the report read while a replica writes; FULL sync: a 200 means on disk.
+        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def transient(self, exc: Exception) -> bool:
+        return isinstance(exc, (sqlite3.OperationalError, OSError))  # locked, disk full, I/O
+
+    @contextlib.contextmanager
+    def transaction(self, conn: sqlite3.Connection, schema_lock: bool = False,
+                    write: bool = True) -> Iterator[sqlite3.Cursor]:
+        cur = conn.cursor()
+        # IMMEDIATE takes the write lock at once (which also serialises migrations).
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def __str__(self) -> str:
+        return f"SQLite {self.path}"
+
+
+class PostgresDatabase:
+    name = "postgresql"
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def connect(self) -> Any:
+        import psycopg  # only needed when PostgreSQL is configured
+
+        return psycopg.connect(self.url, connect_timeout=10)
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    def transient(self, exc: Exception) -> bool:
+        import psycopg
+
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any, schema_lock: bool = False, write: bool = True) -> Iterator[Any]:
+        with conn.transaction(), conn.cursor() as cur:
+            if schema_lock:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK,))
+            yield cur
+
+    def __str__(self) -> str:
+        # Never the password: only where the database is.
+        parts = urlsplit(self.url)
+        return f"PostgreSQL {parts.hostname or '(socket)'}:{parts.port or 5432}{parts.path}"
+
+
+def open_database(database_url: str, data_dir: str) -> Database:
+    if database_url:
+        if urlsplit(database_url).scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError("database_url: must start with postgresql:// (or leave it empty for SQLite)")
+        return PostgresDatabase(database_url)
+    directory = Path(data_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"data_dir: cannot create {directory}: {exc.strerror}") from None
+    return SqliteDatabase(directory / "feedback.sqlite3")
+
+
+def migrate(db: Database, conn: Any) -> int:
+    """Bring the schema to the newest version; returns it. Safe for replicas starting at once."""
+    with db.transaction(conn, schema_lock=True) as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        current = cur.fetchone()[0]
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in statements:
+                cur.execute(statement)
+            cur.execute(db.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (?, CURRENT_TIMESTAMP)"),
+                        (version,))
+    return len(MIGRATIONS)
+
+
+def insert_cards(db: Database, cur: Any, rows: Sequence[CardRow]) -> None:
+    statement = db.sql(
+        "INSERT INTO issued_cards (card_uuid, service_id, hook_instance, code, plan_url, plan_version, suggestions,"
+        " issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING")
+    for r in rows:
+        cur.execute(statement, (r.card_uuid, r.service_id, r.hook_instance, r.code, r.plan_url, r.plan_version,
+                                json.dumps(list(r.suggestions)), r.issued_at))
+
+
+def insert_feedback(db: Database, cur: Any, rows: Sequence[FeedbackRow]) -> int:
+    """Stores the rows not stored before; returns how many were new."""
+    statement = db.sql(
+        "INSERT INTO feedback (idempotency_key, service_id, card_uuid, outcome, outcome_timestamp,"
+        " accepted_suggestions, override_system, override_code, override_display, user_comment, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING")
+    new = 0
+    for r in rows:
+        cur.execute(statement, (r.idempotency_key, r.service_id, r.card_uuid, r.outcome, r.outcome_timestamp,
+                                json.dumps(sorted(r.accepted_suggestions)), r.override_system, r.override_code,
+                                r.override_display, r.user_comment, r.received_at))
+        new += max(cur.rowcount, 0)
+    return new
+
+
+def query(db: Database, conn: Any, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts (a read: its own short transaction)."""
+    with db.transaction(conn, write=False) as cur:
+        cur.execute(db.sql(text), tuple(params))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]

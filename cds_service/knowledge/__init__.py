@@ -1,0 +1,67 @@
+"""The knowledge: artifacts loaded, validated (FHIR R4B models, strict FHIRPath) and
+compiled once; value sets expanded into indexed lookups; prefetch templates built.
+
+Public API:
+    load(directories, base) -> KnowledgeBase   raises KnowledgeError (file, id, element, message)
+    settle()                                   freeze what is loaded out of the garbage collector
+    KnowledgeBase    .services, .plans, .terminology, .fingerprint, .files, .service_for(...)
+    KINDS            the resource types a knowledge directory may hold
+    Plan, Service, CardAction, SuggestionAction, ActivityDefinition, Condition, Variable,
+    DataRequirement, CodeFilter, DateFilter, Artifact         the compiled model
+    Terminology, ExpandedValueSet, NDC, ndc_product            value sets and codes
+    resolve_template, check_template, build_template, TemplateError   prefetch templates
+    PATIENT_PARAM    the search parameter that names the patient
+    path_problem(kind, path), element_path_segments(path)   dynamicValue element paths
+    catalogue_*, terminology_*, render_readme, readme_is_fresh, entries, counts   the catalogue
+"""
+
+from cds_service.knowledge._catalogue import (
+    catalogue_html,
+    catalogue_markdown,
+    catalogue_table_html,
+    counts,
+    entries,
+    readme_is_fresh,
+    render_readme,
+    terminology_check_text,
+    terminology_markdown,
+    terminology_status,
+)
+from cds_service.knowledge._load import KINDS, KnowledgeBase, load, settle
+from cds_service.knowledge._model import (
+    ActivityDefinition,
+    Artifact,
+    CardAction,
+    CodeFilter,
+    Condition,
+    DataRequirement,
+    DateFilter,
+    Plan,
+    Service,
+    SuggestionAction,
+    Variable,
+)
+from cds_service.knowledge._paths import path_problem
+from cds_service.knowledge._paths import segments as element_path_segments
+from cds_service.knowledge._search_params import PATIENT_PARAM
+from cds_service.knowledge._templates import (
+    TemplateError,
+    build_template,
+    check_template,
+)
+from cds_service.knowledge._templates import resolve as resolve_template
+from cds_service.knowledge._terminology import (
+    NDC,
+    ExpandedValueSet,
+    Terminology,
+    ndc_product,
+)
+
+__all__ = [
+    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "CodeFilter", "Condition",
+    "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",
+    "TemplateError", "Terminology", "Variable", "build_template", "catalogue_html", "catalogue_markdown",
+    "catalogue_table_html", "check_template", "counts", "element_path_segments", "entries", "load", "ndc_product", "path_problem", "readme_is_fresh",
+    "render_readme", "resolve_template", "settle", "terminology_check_text", "terminology_markdown",
+    "terminology_status",
+]

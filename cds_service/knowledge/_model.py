@@ -1,0 +1,169 @@
+"""The compiled, immutable form of the knowledge artifacts (built once at load)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cds_service.fhirpath import Expression
+from cds_service.knowledge._terminology import ExpandedValueSet
+
+HOOKS = ("order-select", "order-sign", "patient-view")
+INDICATOR = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One knowledge file as read: its FHIR resource and where it came from."""
+
+    resource: dict
+    file: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.resource.get('resourceType')}/{self.resource.get('id', '?')}"
+
+
+@dataclass(frozen=True)
+class CodeFilter:
+    path: str
+    search_param: str
+    value_set: ExpandedValueSet | None = None
+    codes: frozenset[tuple[str | None, str]] = frozenset()  # explicit codes; system None = any
+
+    @property
+    def is_empty(self) -> bool:
+        return self.value_set is not None and len(self.value_set) == 0 and not self.codes
+
+
+@dataclass(frozen=True)
+class DateFilter:
+    paths: tuple[str, ...]  # alternatives, first present wins ("onset | recordedDate")
+    search_param: str | None  # None when the alternatives span several search parameters
+    days: int | None = None  # look-back window: within `days` days of today, day N included
+    start: str | None = None  # absolute period (valuePeriod / valueDateTime)
+    end: str | None = None
+
+
+@dataclass(frozen=True)
+class DataRequirement:
+    key: str  # dataRequirement.id: the prefetch key and the %name in FHIRPath
+    type: str
+    code_filters: tuple[CodeFilter, ...]
+    date_filters: tuple[DateFilter, ...]
+    sort_paths: tuple[str, ...]  # date elements, newest first
+    limit: int | None
+    template: str | None  # prefetch template; None when nothing can match (empty value set)
+    skip_reason: str | None = None
+    element: str = ""
+    derived_from: str | None = None  # same query as that key, narrowed here by dates/limit
+
+    @property
+    def query_signature(self) -> tuple:
+        filters = sorted(
+            (cf.path, cf.value_set.url if cf.value_set is not None else "", tuple(sorted(cf.codes, key=str)))
+            for cf in self.code_filters
+        )
+        return (self.type, tuple(filters))
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    expression: Expression
+    element: str
+
+
+@dataclass(frozen=True)
+class Condition:
+    expression: Expression
+    description: str | None
+    element: str
+
+
+@dataclass(frozen=True)
+class Citation:
+    label: str
+    url: str | None  # a DOI link where the source has one
+
+
+@dataclass(frozen=True)
+class ActivityDefinition:
+    url: str
+    version: str | None
+    kind: str
+    resource: dict  # the artifact itself; applied per request by activity.apply
+    dynamic: tuple[tuple[str, Expression], ...]
+    file: str
+
+
+@dataclass(frozen=True)
+class SuggestionAction:
+    """A nested action: one suggestion, whose resource comes from an ActivityDefinition."""
+
+    title: str
+    description: str | None
+    conditions: tuple[Condition, ...]
+    definition: ActivityDefinition
+    recommended: bool
+    element: str
+
+
+@dataclass(frozen=True)
+class CardAction:
+    """A top-level action: one card, identified by its recommendation code."""
+
+    code: dict  # Coding in the recommendation CodeSystem
+    title: str
+    description: str | None
+    indicator: str
+    hooks: frozenset[str]
+    variables: tuple[Variable, ...]
+    conditions: tuple[Condition, ...]
+    dynamic: tuple[tuple[str, Expression], ...]
+    suggestions: tuple[SuggestionAction, ...]
+    selection_behavior: str | None
+    override_reasons: tuple[dict, ...]
+    citations: tuple[Citation, ...]
+    element: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    url: str
+    version: str | None
+    id: str
+    title: str
+    description: str
+    file: str
+    variables: tuple[Variable, ...]
+    requirements: tuple[DataRequirement, ...]
+    actions: tuple[CardAction, ...]
+    library_url: str | None = None
+    usage: str | None = None
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        present = {hook for action in self.actions for hook in action.hooks}
+        return tuple(h for h in HOOKS if h in present)
+
+
+@dataclass(frozen=True)
+class Service:
+    id: str
+    hook: str
+    plan: Plan
+    prefetch: dict[str, str] = field(default_factory=dict)
+
+    def discovery(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.plan.title,
+            "description": self.plan.description,
+        }
+        if self.prefetch:
+            entry["prefetch"] = dict(self.prefetch)
+        if self.plan.usage:
+            entry["usageRequirements"] = self.plan.usage
+        return entry

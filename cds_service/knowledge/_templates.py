@@ -1,0 +1,114 @@
+"""Prefetch templates: built from data requirements, and their tokens resolved.
+
+Only the CDS Hooks 2.0 token subset is produced or accepted:
+  {{context.patientId}}            a hook context field
+  {{userPractitionerId}} (and the other user tokens), from context.userId
+  {{today()}}, {{today() - 365 days}}, {{today() + 7 days}}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cds_service.knowledge._model import CodeFilter, DateFilter
+from cds_service.knowledge._search_params import PATIENT_PARAM
+from cds_service.knowledge._terminology import NDC
+
+_TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+_TODAY = re.compile(r"^today\(\)(?:\s*([+-])\s*(\d+)\s*days?)?$")
+_CONTEXT = re.compile(r"^context\.([A-Za-z][A-Za-z0-9]*)$")
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def check_template(template: str) -> None:
+    """Raise TemplateError unless every token is one this service can resolve."""
+    if "{{" in _TOKEN.sub("", template) or "}}" in _TOKEN.sub("", template):
+        raise TemplateError(f"unbalanced token braces in '{template}'")
+    for token in _TOKEN.findall(template):
+        if not (_TODAY.match(token) or _CONTEXT.match(token) or token in _USER_TOKENS):
+            raise TemplateError(
+                f"token '{{{{{token}}}}}' is not supported; use context.<field>, "
+                "a user token, or today() +/- N days"
+            )
+
+
+def resolve(template: str, context: Mapping[str, Any], today: dt.date) -> str | None:
+    """The query with its tokens replaced; None when a context field it needs is absent."""
+    missing = False
+
+    def replace(match: re.Match) -> str:
+        nonlocal missing
+        value = _token_value(match.group(1), context, today)
+        if value is None:
+            missing = True
+            return ""
+        return value
+
+    query = _TOKEN.sub(replace, template)
+    return None if missing else query
+
+
+def _token_value(token: str, context: Mapping[str, Any], today: dt.date) -> str | None:
+    if m := _TODAY.match(token):
+        sign, days = m.group(1), int(m.group(2) or 0)
+        return (today + dt.timedelta(days=-days if sign == "-" else days)).isoformat()
+    if m := _CONTEXT.match(token):
+        value = context.get(m.group(1))
+        return value if isinstance(value, str) and value else None
+    resource_type = _USER_TOKENS.get(token)
+    user = context.get("userId")
+    if resource_type and isinstance(user, str) and user.startswith(resource_type + "/"):
+        return user.split("/", 1)[1]
+    return None
+
+
+def build_template(
+    resource_type: str, code_filters: tuple[CodeFilter, ...], date_filters: tuple[DateFilter, ...]
+) -> str:
+    """A FHIR search for one data requirement (the service re-filters what comes back)."""
+    if resource_type == "Patient":
+        return "Patient/{{context.patientId}}"
+    params = [f"{PATIENT_PARAM}={{{{context.patientId}}}}"]
+    for cf in code_filters:
+        if not server_can_filter(cf):
+            continue  # fetched unfiltered by code; the retrieve filters by product here
+        params.append(f"{cf.search_param}={','.join(_filter_codes(cf))}")
+    for df in date_filters:
+        if df.search_param is None:
+            continue  # alternatives across parameters: filtered here, not by the server
+        if df.days is not None:
+            params.append(f"{df.search_param}=ge{{{{today() - {df.days} days}}}}")
+        if df.start:
+            params.append(f"{df.search_param}=ge{df.start}")
+        if df.end:
+            params.append(f"{df.search_param}=le{df.end}")
+    return f"{resource_type}?" + "&".join(params)
+
+
+def server_can_filter(cf: CodeFilter) -> bool:
+    """Whether the EHR's token search can apply this filter without losing records.
+
+    Value sets list NDC products (labeler-product), while records carry package codes;
+    token search is exact, so a search by product NDC would miss them.
+    """
+    return cf.value_set is None or all(c.system != NDC for c in cf.value_set.concepts)
+
+
+def _filter_codes(cf: CodeFilter) -> list[str]:
+    tokens: list[str] = []
+    if cf.value_set is not None:
+        tokens.extend(f"{c.system}|{c.code}" for c in cf.value_set.concepts)
+    tokens.extend(f"{system}|{code}" if system else code for system, code in sorted(cf.codes, key=str))
+    return tokens

@@ -1,0 +1,27 @@
+"""Running the service: metrics, JSON logs, knowledge reload (the gunicorn configuration,
+`cds_service.gunicorn_conf`, is the production server's composition root, beside this package).
+
+Public API:
+    configure_logging(level), JsonFormatter     one JSON object a log line, no patient data
+    observe_request(endpoint, status, record)   a request's counts from its RequestRecord
+    observe_fetch(outcome, seconds), set_knowledge(kb, previous=None), scrape_metrics()
+    multiprocess_dir()                           PROMETHEUS_MULTIPROC_DIR under gunicorn
+    reload_knowledge(holder) -> ReloadResult     load, validate, swap `holder.kb` if sound
+    validate_only(holder) -> problems            what a reload would refuse, swapping nothing
+"""
+
+from cds_service.ops._logs import JsonFormatter
+from cds_service.ops._logs import configure as configure_logging
+from cds_service.ops._metrics import (
+    multiprocess_dir,
+    observe_fetch,
+    observe_request,
+    set_knowledge,
+)
+from cds_service.ops._metrics import scrape as scrape_metrics
+from cds_service.ops._reload import ReloadResult, reload_knowledge, validate_only
+
+__all__ = [
+    "JsonFormatter", "ReloadResult", "configure_logging", "multiprocess_dir", "observe_fetch", "observe_request",
+    "reload_knowledge", "scrape_metrics", "set_knowledge", "validate_only",
+]

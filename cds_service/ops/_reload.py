@@ -1,0 +1,91 @@
+"""Reload the knowledge without a restart: edited artifacts are served, broken ones refused.
+
+The new KnowledgeBase is loaded and validated off the request path (a signal-started
+thread, or the admin call's own thread), then swapped into the app State with one
+reference assignment. A request reads `State.kb` once when it starts and keeps that
+KnowledgeBase to the end, so requests in flight finish on the knowledge they began with
+and none waits or fails. Knowledge that does not validate is refused: every problem is
+logged and returned, and the previous knowledge keeps serving.
+
+Triggers:
+  SIGHUP                  sent to `mm-cds serve` (one process): reloads in a background thread
+  POST /admin/reload      what `mm-cds reload` calls; answers with the outcome. Only from
+                          loopback and never through a proxy (no X-Forwarded-For/Forwarded):
+                          the operator on the host, not an EHR. A CDS client's JWT does not
+                          grant it; the JWT check is not what guards it (auth_http exempts it).
+Why an HTTP call for the command rather than a pid file and a signal: a signal cannot carry
+the refusal back, and `mm-cds reload` must print why an edit was refused.
+
+Under gunicorn every worker holds its own knowledge, and with preload_app the workers are
+forked from the master's app, so the master is what must reload. Two gunicorn hooks
+(set them in the gunicorn configuration: `when_ready = reload.gunicorn_when_ready`,
+`on_reload = reload.gunicorn_on_reload`) make `kill -HUP <master>` and `mm-cds reload` reach
+every worker: on SIGHUP the master reloads (or refuses, logging why) before gunicorn forks
+the new workers and retires the old ones gracefully; the admin call, answered by one
+worker, validates the knowledge there (reporting a refusal) and, when it is sound,
+signals the master.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cds_service import knowledge
+from cds_service.errors import KnowledgeError
+from cds_service.ops import _metrics as metrics
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()  # one reload at a time; requests never take it
+
+@dataclass
+class ReloadResult:
+    reloaded: bool
+    message: str
+    fingerprint: str
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reloaded": self.reloaded, "message": self.message, "fingerprint": self.fingerprint,
+                "problems": self.problems, "seconds": round(self.seconds, 3)}
+
+
+def reload_knowledge(current: Any) -> ReloadResult:
+    """Load and validate the knowledge directories again; swap it in only if it is sound.
+    `current` is the app State (settings and kb)."""
+    with _lock:
+        started = time.perf_counter()
+        settings = current.settings
+        try:
+            kb = knowledge.load(settings.directories, settings.canonical_base)
+        except KnowledgeError as exc:
+            problems = [str(p) for p in exc.problems]
+            # Artifact files and elements only: no request or patient data.
+            log.error("knowledge reload refused", extra={"event": "knowledge_reload_refused",
+                                                         "problems": problems[:50], "count": len(problems)})
+            return ReloadResult(False, f"refused, the previous knowledge keeps serving: {exc}",
+                                current.kb.fingerprint, problems, time.perf_counter() - started)
+        previous = current.kb
+        was = previous.fingerprint
+        current.kb = kb  # one reference assignment: atomic; requests in flight keep their own
+        metrics.set_knowledge(kb, previous)
+        del previous
+        knowledge.settle()
+        seconds = time.perf_counter() - started
+        log.info("knowledge reloaded", extra={"event": "knowledge_reloaded", "was": was,
+                                              "fingerprint": kb.fingerprint, "seconds": round(seconds, 3)})
+        return ReloadResult(True, f"reloaded: {len(kb.files)} files, {len(kb.services)} services, "
+                                  f"fingerprint {was} -> {kb.fingerprint}", kb.fingerprint, seconds=seconds)
+
+
+def validate_only(current: Any) -> list[str]:
+    """The problems of the knowledge on disk (empty: it loads), without swapping anything."""
+    try:
+        knowledge.load(current.settings.directories, current.settings.canonical_base)
+    except KnowledgeError as exc:
+        return [str(p) for p in exc.problems]
+    return []

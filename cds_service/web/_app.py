@@ -1,0 +1,89 @@
+"""The Flask application factory: the composition root of the HTTP service."""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from cds_service import config, fhirpath, knowledge, ops, security
+from cds_service.data import FetchSettings, RequestsTransport, Transport
+from cds_service.feedback import open_writer
+from cds_service.knowledge import KnowledgeBase
+from cds_service.web import (
+    _auth,
+    _errors,
+    _feedback,
+    _fhir,
+    _health,
+    _hooks,
+    _metrics,
+    _openapi,
+    _reload,
+    _ui,
+)
+from cds_service.web._state import Clock, State, install
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def create_app(
+    settings: config.Settings | dict[str, Any] | None = None,
+    *,
+    kb: KnowledgeBase | None = None,
+    transport: Transport | None = None,
+    clock: Clock | None = None,
+) -> Flask:
+    """Build the service. Knowledge is loaded and validated here: a bad artifact raises
+    KnowledgeError; unusable or unsafe settings (security, feedback database) raise
+    ConfigurationError; either way the service does not start."""
+    if not isinstance(settings, config.Settings):
+        settings = config.load(settings)
+    ops.configure_logging(settings.log_level)
+    guard = _auth.build_guard(security.load(settings), settings.public_base_url)
+    kb = kb or knowledge.load(settings.directories, settings.canonical_base)
+    knowledge.settle()
+    writer = open_writer(settings)
+    atexit.register(writer.close)  # queued card records and feedback reach the database
+    fhirpath.warm_up()
+    app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's setting
+    install(app, State(
+        settings=settings,
+        kb=kb,
+        fetch=FetchSettings(
+            transport=transport or RequestsTransport(),
+            executor=ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="fhir-fetch"),
+            timeout=settings.fetch_timeout,
+            max_pages=settings.fetch_max_pages,
+            max_bytes=settings.fetch_max_bytes,
+        ),
+        clock=clock or utc_now,
+        security=guard,
+        feedback=writer,
+    ))
+    CORS(
+        app,
+        origins=list(settings.cors_origins),
+        allow_headers=["Authorization", "Content-Type", "X-CDS-Explain"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
+    app.register_blueprint(_hooks.bp)
+    app.register_blueprint(_feedback.bp)
+    app.register_blueprint(_fhir.bp)  # /fhir: the knowledge, and PlanDefinition/$apply
+    app.register_blueprint(_reload.bp)  # POST /admin/reload (loopback only)
+    app.register_blueprint(_ui.bp)  # GET /: catalogue and "try it"
+    app.register_blueprint(_health.bp)
+    _auth.register(app, guard)
+    _metrics.register(app, kb)
+    _openapi.register(app, list(kb.services.values()))
+    _errors.register(app)
+    return app
