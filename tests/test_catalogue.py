@@ -29,13 +29,13 @@ def test_every_recommendation_of_the_catalogue_is_an_action(kb):
 
 
 def test_the_readme_tables_are_generated_from_the_artifacts(kb):
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "catalogue.md"
     assert knowledge.readme_is_fresh(readme, kb), "README is stale: run `mm-cds readme --update`"
 
 
 def test_the_readme_check_fails_when_an_artifact_changes(kb, tmp_path):
     stale = tmp_path / "README.md"
-    text = (ROOT / "README.md").read_text().replace("Consider CAR-T cell therapy before a bispecific antibody |", "Old title |", 1)
+    text = (ROOT / "docs" / "catalogue.md").read_text().replace("Consider CAR-T cell therapy before a bispecific antibody |", "Old title |", 1)
     stale.write_text(text)
     assert not knowledge.readme_is_fresh(stale, kb)
     done = subprocess.run([sys.executable, "-m", "cds_service", "readme", "--check", "--file", str(stale)],

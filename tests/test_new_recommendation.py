@@ -14,7 +14,7 @@ EXAMPLE = ROOT / "examples" / "new-recommendation"
 
 
 def test_every_file_the_guide_names_exists():
-    guide = (ROOT / "README.md").read_text().split("### Adding a recommendation, end to end")[1].split("\n## ")[0]
+    guide = (ROOT / "docs" / "authoring.md").read_text().split("### Adding a recommendation, end to end")[1].split("\n## ")[0]
     named = set(re.findall(r"`((?:examples/new-recommendation/)?(?:site|scenarios)/[\w./-]+)`", guide))
     assert len(named) >= 6
     for path in named:

@@ -4,7 +4,7 @@
     mm-cds validate                 validate every knowledge artifact (exit 1 with the problems)
     mm-cds catalogue [--format F]   the recommendation catalogue, generated from the artifacts
     mm-cds terminology check        unverified codes and concepts with no code (--strict: exit 1 if any)
-    mm-cds readme --update|--check  regenerate (or check) the README's generated sections
+    mm-cds readme --update|--check  regenerate (or check) the generated sections of docs/catalogue.md
     mm-cds feedback-report [--json] cards shown, accepted and overridden per recommendation
     mm-cds test | explain | reload | export-patients    see cli/_tools.py
 
@@ -23,7 +23,7 @@ from cds_service import config, feedback, knowledge, web
 from cds_service.cli import _tools as cli_tools
 from cds_service.errors import ConfigurationError, KnowledgeError
 
-README = config.ROOT / "README.md"
+README = config.ROOT / "docs" / "catalogue.md"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     term = sub.add_parser("terminology", help="terminology status")
     term.add_argument("action", choices=("check", "status"))
     term.add_argument("--strict", action="store_true", help="exit 1 while anything is unverified or unmapped")
-    readme = sub.add_parser("readme", help="the README's generated sections (shipped artifacts only)")
+    readme = sub.add_parser("readme", help="the generated sections of docs/catalogue.md (shipped artifacts only)")
     group = readme.add_mutually_exclusive_group(required=True)
     group.add_argument("--update", action="store_true")
     group.add_argument("--check", action="store_true")

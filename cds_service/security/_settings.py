@@ -123,7 +123,7 @@ def check_startup(settings: Settings, config: SecurityConfig) -> None:
     if not config.issuers and not config.allow_insecure:
         raise ConfigurationError(
             f"refusing to listen on {settings.host or '(every interface)'} without a trusted JWT issuer: "
-            "add [[security.issuers]] to the settings file (see README, Security), bind to 127.0.0.1, "
+            "add [[security.issuers]] to the settings file (see docs/security.md), bind to 127.0.0.1, "
             "or set allow_insecure = true in [security] to accept unauthenticated callers")
     if config.allow_insecure and not config.require_token:
         log.critical("INSECURE: bound off loopback and accepting calls without a bearer JWT "
