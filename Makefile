@@ -1,5 +1,6 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
-# make test    run the whole test suite (what CI runs)
+# make test    run the whole test suite (what CI runs): make lint, then every test
+# make lint    ruff, mypy and the import-linter contracts (the layers)
 # make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
 # make serve-proxy production: nginx on MM_CDS_PORT (8080) in front of gunicorn on loopback
 #                  MM_CDS_INTERNAL_PORT (8081); deploy/nginx/run.py, docs/proxy.md
@@ -7,7 +8,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve serve-prod serve-proxy test validate bench clean
+.PHONY: serve serve-prod serve-proxy test lint validate bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,13 @@ serve-prod: $(VENV)/.installed
 serve-proxy: $(VENV)/.installed
 	$(BIN)/python deploy/nginx/run.py
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check cds_service tests bench examples deploy
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate

@@ -8,8 +8,8 @@ import json
 import pytest
 from werkzeug.wrappers import Response
 
-from cds_service.errors import ConfigurationError
 from cds_service import config, create_app, web
+from cds_service.errors import ConfigurationError
 
 from .conftest import NOW
 from .support.fhir_server import FhirServer
