@@ -17,6 +17,16 @@
     │   └── DataUnavailable       412: required data neither prefetched nor fetchable
     ├── StoreUnavailable          the feedback database did not commit in time -> HTTP 503
     │                             (the write stays queued; the client's retry is idempotent)
+    ├── StoreRejected             the feedback database refused rows: our bug -> HTTP 500
+    ├── ScenarioError             a scenario file is unusable (mm-cds test/explain, the page)
+    ├── ArtifactError             raised while compiling one expression or template, mapped by
+    │   │                         the loader to a Problem (file, id, element) in KnowledgeError
+    │   ├── FhirPathSyntaxError   (fhirpath) an expression does not parse
+    │   ├── UnitError             (fhirpath) not UCUM, or units that do not convert
+    │   ├── TemplateError         (knowledge) a prefetch token this service cannot resolve
+    │   └── ExpansionError        (knowledge) a value set that cannot be expanded
+    ├── EvaluationError           (fhirpath) an expression failed on this request's data: the
+    │                             engine records it in the trace and counts the condition false
     └── FetchError                one FHIR query (or a JWKS download) failed (timeout, HTTP
                                   status, bad JSON); data assembly turns it into
                                   DataUnavailable, token checking into Unauthenticated
@@ -60,6 +70,18 @@ class KnowledgeError(CdsError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{len(problems)} problem(s) in the knowledge artifacts:\n{lines}")
+
+
+class ArtifactError(CdsError, ValueError):
+    """A defect found while compiling one expression, unit, template or value set."""
+
+
+class StoreRejected(CdsError):
+    """The feedback database refused rows: a server bug (answered 500, logged)."""
+
+
+class ScenarioError(CdsError, ValueError):
+    """A scenario file names what does not exist or cannot be read as a scenario."""
 
 
 class RequestError(CdsError):

@@ -14,7 +14,10 @@ from cds_service import scenarios
 CHROMIUM = os.environ.get("MM_CDS_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags a closed network refuses chromium's own calls.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+         "--disable-component-update", "--disable-sync",
+         # Every host but loopback resolves to nothing: the page may only talk to the service
+         # under test, and chromium's own lookups of outside hosts never leave the machine.
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
 RECOMMENDATIONS = "https://myeloma-cds.example.org/fhir/CodeSystem/mm-tcell-recommendations"
 
 
@@ -79,3 +82,19 @@ def test_the_page_says_when_explain_is_off(browser, loopback_service):
     choose_and_send(page, "SEQ-1 fires for a first teclistamab order")
     assert page.locator("#cards article h4").count() == 1
     assert "explain is off on this service" in page.locator("#no-trace").inner_text()
+
+
+def test_card_detail_markdown_is_rendered_as_markdown_and_never_as_markup(browser, loopback_service):
+    """CDS Hooks card detail is Markdown: the page shows links, emphasis and lists, and card
+    text that holds HTML stays text (the page builds nodes, never innerHTML)."""
+    page = browser.new_page()
+    page.goto(loopback_service(False) + "/")
+    page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+    detail = ("IgG **3.5 g/L**, see [the consensus](https://doi.org/10.1/x) and *local policy*.\n\n"
+              "- first `step`\n- second <b>not bold</b>\n\n[no script](javascript:alert(1))")
+    html = page.evaluate("(d) => markdown(d).map((n) => n.outerHTML).join('')", detail)
+    assert html == (
+        '<p>IgG <strong>3.5 g/L</strong>, see <a href="https://doi.org/10.1/x" target="_blank" '
+        'rel="noopener noreferrer">the consensus</a> and <em>local policy</em>.</p>'
+        '<ul><li>first <code>step</code></li><li>second &lt;b&gt;not bold&lt;/b&gt;</li></ul>'
+        '<p>[no script](javascript:alert(1))</p>')

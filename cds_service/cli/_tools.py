@@ -23,7 +23,7 @@ from cds_service import config, knowledge, ops, scenarios
 from cds_service.cli import _explain_text as explain_text
 from cds_service.cli import _export as export
 from cds_service.cli import _reload
-from cds_service.errors import KnowledgeError, RequestError
+from cds_service.errors import KnowledgeError, RequestError, ScenarioError
 from cds_service.service import Local, scenario_request
 
 Handler = Callable[[argparse.Namespace], int]
@@ -138,7 +138,7 @@ def _explain_remote(args: argparse.Namespace, hook: str, service_id: str | None,
     discovery.raise_for_status()
     services = [s for s in discovery.json()["services"] if s["hook"] == hook and (not service_id or s["id"] == service_id)]
     if not services:
-        raise LookupError(f"{base} has no service{' ' + service_id if service_id else ''} for {hook}")
+        raise ScenarioError(f"{base} has no service{' ' + service_id if service_id else ''} for {hook}")
     answers = []
     for service in services:
         # A running service uses its own clock: the scenario's patient is moved to today, and

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service.config import Settings
-from cds_service.errors import ConfigurationError, StoreUnavailable
+from cds_service.errors import ConfigurationError, StoreRejected, StoreUnavailable
 from cds_service.feedback import _db as feedback_db
 from cds_service.feedback._db import CardRow, Database, FeedbackRow
 
@@ -77,7 +77,7 @@ class Writer:
         if not job.done.wait(max(deadline - time.monotonic(), 0)):
             raise StoreUnavailable(f"the feedback database did not commit within {timeout:g} s")
         if job.error:
-            raise RuntimeError(f"the feedback database refused the rows: {job.error}")  # a 500: our bug
+            raise StoreRejected(f"the feedback database refused the rows: {job.error}")  # a 500: our bug
         return job.new
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -38,6 +38,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from cds_service.errors import ArtifactError, CdsError
 from cds_service.fhirpath import _speedups as fhirpath_speedups
 from cds_service.fhirpath import _units as units
 from cds_service.fhirpath._compile import compile_ast
@@ -48,7 +49,7 @@ EXTRA_FUNCTIONS = ("memberOf", "toUnit", "convertsToUnit", "daysSince", "display
 KNOWN_FUNCTIONS = frozenset(invocation_registry) | frozenset(EXTRA_FUNCTIONS)
 
 
-class FhirPathSyntaxError(ValueError):
+class FhirPathSyntaxError(ArtifactError):
     """The expression does not parse under the FHIRPath grammar."""
 
 
@@ -127,7 +128,7 @@ def _literal_arg(functn: dict) -> str | None:
 # -- request-time evaluation -----------------------------------------------------------
 
 
-class EvaluationError(Exception):
+class EvaluationError(CdsError):
     """An expression failed on this data (bad type, singleton expected, ...)."""
 
 

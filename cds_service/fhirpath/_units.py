@@ -10,11 +10,13 @@ import threading
 from decimal import Decimal
 from functools import lru_cache
 
+from cds_service.errors import ArtifactError
+
 _lock = threading.Lock()
 _registry = None
 
 
-class UnitError(ValueError):
+class UnitError(ArtifactError):
     """A unit is not valid UCUM or the two units measure different things."""
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cds_service.errors import ArtifactError
 from cds_service.knowledge._model import CodeFilter, DateFilter
 from cds_service.knowledge._search_params import PATIENT_PARAM
 from cds_service.knowledge._terminology import NDC
@@ -28,7 +29,7 @@ _USER_TOKENS = {
 }
 
 
-class TemplateError(ValueError):
+class TemplateError(ArtifactError):
     pass
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds_service.errors import ArtifactError
+
 NDC = "http://hl7.org/fhir/sid/ndc"
 
 # Extensions the project puts on ValueSet concepts (see README, "Terminology status").
@@ -24,7 +26,7 @@ EXT_SOURCE = "/StructureDefinition/concept-source"
 EXT_UNVERIFIED = "/StructureDefinition/concept-unverified"
 
 
-class ExpansionError(ValueError):
+class ExpansionError(ArtifactError):
     def __init__(self, element: str, message: str):
         self.element = element
         super().__init__(message)

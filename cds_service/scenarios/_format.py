@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from cds_service.config import ROOT
+from cds_service.errors import ScenarioError
 
 DEFAULT_FOLDER = ROOT / "tests" / "scenarios"
 SETTINGS_FILE = "_settings.yaml"
@@ -76,7 +77,7 @@ class Scenario:
         omit = set(defaults.get("omit") or []) | set(raw.get("omit") or [])
         unknown = omit - _baseline_names(merged.get("baseChart"), merged.get("baseDraftOrders"), library=library)
         if unknown:  # a typo here would quietly test nothing
-            raise ValueError(f"scenario '{raw['name']}' omits {sorted(unknown)}, which the baseline does not hold")
+            raise ScenarioError(f"scenario '{raw['name']}' omits {sorted(unknown)}, which the baseline does not hold")
         chart = _base(merged.get("baseChart"), library, omit) + (raw.get("chart") or [])
         drafts = _base(merged.get("baseDraftOrders"), library, omit) + (raw.get("draftOrders") or [])
         return cls(
@@ -153,7 +154,7 @@ def _resource(item: dict, library: dict[str, dict], patient: str, index: int, pr
     name = item.pop("use", None)
     if name is not None:
         if name not in library:
-            raise KeyError(f"no resource named '{name}' in the scenario library (_*.yaml)")
+            raise ScenarioError(f"no resource named '{name}' in the scenario library (_*.yaml)")
         item = {**copy.deepcopy(library[name]), **item}
     kind = item.get("resourceType")
     item.setdefault("id", f"{prefix}-{(name or kind or 'x').lower()}-{index}")
@@ -221,7 +222,7 @@ def find(path: Path, name: str) -> Scenario:
     found = exact or partial
     if len(found) != 1:
         names = "\n  ".join(s.name for s in (partial or scenarios))
-        raise LookupError(f"{'no' if not found else 'more than one'} scenario matching '{name}' in {path}:\n  {names}")
+        raise ScenarioError(f"{'no' if not found else 'more than one'} scenario matching '{name}' in {path}:\n  {names}")
     return found[0]
 
 

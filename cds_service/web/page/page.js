@@ -95,6 +95,51 @@ async function send(event) {
   $("result").hidden = false;
 }
 
+// Card detail is CDS Hooks Markdown: paragraphs, "- " lists, **bold**, *italic*, `code` and
+// [links](https://...). Built as DOM nodes from text (never innerHTML), so card text cannot
+// inject markup; only http(s) links become anchors.
+function markdown(text) {
+  const blocks = [];
+  let list = null;
+  let para = [];
+  const flush = () => {
+    if (para.length) blocks.push(el("p", {}, ...inline(para.join(" "))));
+    para = [];
+  };
+  for (const line of text.split(/\r?\n/)) {
+    const item = line.match(/^\s*[-*]\s+(.*)$/);
+    if (item) {
+      flush();
+      if (!list) { list = el("ul", {}); blocks.push(list); }
+      list.append(el("li", {}, ...inline(item[1])));
+    } else if (!line.trim()) {
+      flush();
+      list = null;
+    } else {
+      list = null;
+      para.push(line.trim());
+    }
+  }
+  flush();
+  return blocks;
+}
+
+function inline(text) {
+  const out = [];
+  const pattern = /\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)|\*\*([^*]+)\*\*|\*([^*]+)\*|`([^`]+)`/g;
+  let last = 0;
+  for (const m of text.matchAll(pattern)) {
+    if (m.index > last) out.push(text.slice(last, m.index));
+    if (m[1] !== undefined) out.push(el("a", { href: m[2], target: "_blank", rel: "noopener noreferrer" }, m[1]));
+    else if (m[3] !== undefined) out.push(el("strong", {}, m[3]));
+    else if (m[4] !== undefined) out.push(el("em", {}, m[4]));
+    else out.push(el("code", {}, m[5]));
+    last = m.index + m[0].length;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
 function showCards(cards) {
   const box = $("cards");
   box.replaceChildren();
@@ -103,7 +148,7 @@ function showCards(cards) {
     const node = el("article", { class: `card ${card.indicator}` },
       el("h4", {}, card.summary, " ", el("span", { class: "badge" }, card.indicator)),
       el("div", { class: "source" }, `${card.source.topic ? card.source.topic.code + " · " : ""}${card.source.label}`));
-    if (card.detail) node.append(el("div", { class: "detail" }, card.detail));
+    if (card.detail) node.append(el("div", { class: "detail" }, ...markdown(card.detail)));
     if (card.suggestions) {
       node.append(el("ul", { class: "suggestions" }, ...card.suggestions.map((s) => el("li", {}, `Suggests: ${s.label}`))));
     }
