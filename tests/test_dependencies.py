@@ -58,6 +58,10 @@ RUNTIME = {"antlr4": "antlr4-python3-runtime", "fhir": "fhir.resources", "fhirpa
 OPTIONAL = {"psycopg": "postgres"}
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _name(requirement: str) -> str:
     return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
 
@@ -85,5 +89,5 @@ def test_the_lock_file_pins_every_package_and_names_no_host():
     assert pins and all(re.fullmatch(r"[A-Za-z0-9._\-\[\],]+==[^\s]+", line.split(" ;")[0].strip()) for line in pins), pins
     names = {_name(line) for line in pins}
     for name in [*(d.lower() for d in RUNTIME.values()), "psycopg", "pytest", "pyinstrument"]:
-        assert name.replace("_", "-") in {n.replace("_", "-") for n in names}, f"{name} is not locked"
+        assert _canonical(name) in {_canonical(n) for n in names}, f"{name} is not locked"
     assert not re.search(r"https?://|--index-url|--extra-index-url|--find-links|--trusted-host", text)
