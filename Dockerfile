@@ -1,20 +1,32 @@
 # The mm-cds service image; docker-compose.yml builds it (with HAPI FHIR and a patient loader).
 #   docker build -t mm-cds:local .
-# It runs from its source tree, /app, like `make serve`: the knowledge (plandefinitions/,
-# valuesets/), the example site and the scenarios (the "try it" page, the patient loader).
-FROM python:3.11-slim
-
-WORKDIR /app
-COPY pyproject.toml README.md ./
+# Two stages: the first builds the wheel, which carries the knowledge (plandefinitions/,
+# valuesets/), the try-it page and its scenarios with the example site (setup.py,
+# docs/packaging.md); the second installs that wheel, not the source tree, with its
+# dependencies held to requirements.lock, and runs it as an unprivileged user.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY cds_service ./cds_service
 COPY plandefinitions ./plandefinitions
 COPY valuesets ./valuesets
-COPY examples ./examples
 COPY tests/scenarios ./tests/scenarios
-COPY deploy ./deploy
-RUN pip install --no-cache-dir -e .
+COPY examples/site ./examples/site
+RUN pip wheel --no-cache-dir --no-deps -w dist .
 
+FROM python:3.11-slim
+WORKDIR /app
+COPY requirements.lock ./
+COPY --from=build /src/dist ./dist
+RUN pip install --no-cache-dir -c requirements.lock ./dist/*.whl
+# Site settings (deploy/compose.toml, mounted choices); no code or knowledge is read from here.
+COPY deploy ./deploy
+# The only place the service writes (the SQLite feedback database): a volume, so the rest of
+# the container can run read-only (docker run --read-only).
+RUN mkdir -p /app/data && chown 10001:10001 /app/data
 ENV MM_CDS_PORT=8080 MM_CDS_DATA_DIR=/app/data
+VOLUME ["/app/data"]
+USER 10001
 EXPOSE 8080
 # Off loopback the service refuses to start without trusted JWT issuers or an explicit
 # allow_insecure: docker-compose.yml mounts its choice (deploy/compose.toml) via MM_CDS_CONFIG.

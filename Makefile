@@ -4,16 +4,28 @@
 # make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
 # make serve-proxy production: nginx on MM_CDS_PORT (8080) in front of gunicorn on loopback
 #                  MM_CDS_INTERNAL_PORT (8081); deploy/nginx/run.py, docs/proxy.md
+# make lock    regenerate requirements.lock (exact pins) from pyproject.toml's ranges (docs/packaging.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve serve-prod serve-proxy test lint validate bench clean
+.PHONY: serve serve-prod serve-proxy test lint validate bench lock clean
 
-$(VENV)/.installed: pyproject.toml
+# The exact pins of requirements.lock, then the project itself (editable, no dependencies of its own).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
+
+# Every extra, so that one lock serves the service, the tests and the benchmarks. No index
+# URL, host or find-links path is written into the file: pip's own configuration decides.
+LOCK_EXTRAS := --extra postgres --extra test --extra browser --extra bench
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip-tools
+	$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-trusted-host \
+		--no-emit-find-links $(LOCK_EXTRAS) -o requirements.lock pyproject.toml
 
 serve: $(VENV)/.installed
 	$(BIN)/mm-cds serve
@@ -28,7 +40,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check cds_service tests bench examples deploy
+	$(BIN)/ruff check cds_service tests bench examples deploy setup.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 

@@ -12,16 +12,43 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cds_service.errors import ConfigurationError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # a checkout's root; site-packages when installed
+
+# What the package ships (docs/packaging.md): in a wheel, setup.py's build step copies these
+# folders of the source tree into cds_service/_bundled/; in a checkout (an editable install)
+# there is no copy and the source tree's own folders are read.
+SHIPPED = {
+    "plandefinitions": "plandefinitions",
+    "valuesets": "valuesets",
+    "scenarios": "tests/scenarios",  # the try-it page's scenarios, `mm-cds test`'s default
+    "site": "examples/site",  # the example site the scenarios are written for
+}
+
+
+def _bundled_root() -> Path | None:
+    bundled = resources.files("cds_service").joinpath("_bundled")
+    return Path(str(bundled)) if bundled.is_dir() else None
+
+
+def shipped(name: str) -> Path:
+    """The folder `name` (a key of SHIPPED): the installed package's copy, else the checkout's."""
+    bundled = _bundled_root()
+    return bundled / name if bundled is not None else ROOT / SHIPPED[name]
+
+
+def installed_from_wheel() -> bool:
+    """True when the package carries its own knowledge (not a checkout)."""
+    return _bundled_root() is not None
 
 
 def _default_dirs() -> tuple[str, ...]:
-    return (str(ROOT / "plandefinitions"), str(ROOT / "valuesets"))
+    return (str(shipped("plandefinitions")), str(shipped("valuesets")))
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@
     ├── KnowledgeError            a knowledge artifact is invalid: start-up stops
     │     .problems: list[Problem] (file, resource id, element, message)
     ├── ConfigurationError        the settings are unusable or unsafe (bad [security] table,
-    │                             off-loopback without trusted issuers, database unreachable):
-    │                             start-up stops
+    │   │                         off-loopback without trusted issuers, database unreachable):
+    │   │                         start-up stops
+    │   └── IncompatibleLibrary   an installed library is not the version this package patches
+    │                             (fhirpathpy: fhirpath/ replaces its internals): import stops
     ├── RequestError              the caller sent something we cannot use -> HTTP 4xx
     │   ├── InvalidRequest        400: body or field invalid (names the field)
     │   ├── Unauthenticated       401: bearer JWT missing where required, or refused; the
@@ -148,6 +150,10 @@ FETCH_KINDS = ("timeout", "connection", "http_status", "not_json", "operation_ou
 
 class ConfigurationError(CdsError):
     """The settings cannot be used (or would be unsafe); the service must not start."""
+
+
+class IncompatibleLibrary(ConfigurationError):
+    """An installed library is not the exact version whose internals this package patches."""
 
 
 class StoreUnavailable(CdsError):

@@ -1,12 +1,8 @@
 """docker-compose.yml and the Dockerfile, without a Docker engine: the compose file's
-structure (nginx in front of two replicas sharing PostgreSQL) and its nginx files under `nginx -t`, the Dockerfile's install and start commands run in a fresh virtual environment,
-and the patient loader's output used the way the compose stack uses it.
-
-The shortcut, said plainly: the Dockerfile's `pip install` runs with `--no-deps` in a
-venv that sees this project's installed dependencies (a .pth file), so the test installs
-and starts the package as the image does without installing every dependency again (the
-build backend itself comes from the package index, as in the image). The dependency pins
-themselves are what `make test` installs.
+structure (nginx in front of two replicas sharing PostgreSQL) and its nginx files under
+`nginx -t`, the Dockerfile's two stages (build the wheel, install and start it) run with a
+fresh virtual environment, and the patient loader's output used the way the compose stack
+uses it. Nothing here reaches the package index (see the Dockerfile test's shortcuts).
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cds_service import cli, create_app, scenarios, web
+from cds_service.config import Settings
 
 from .support.fhir_server import FhirServer, FhirStore
 
@@ -104,11 +101,12 @@ def test_compose_file_runs_nginx_in_front_of_two_replicas_sharing_postgresql():
     command = loader["command"]
     assert command[:2] == ["mm-cds", "export-patients"]
     assert command[command.index("--post") + 1] == "http://hapi:8080/fhir"  # HAPI's compose name and port
-    assert (ROOT / command[2]).is_dir() and list((ROOT / command[2]).glob("*.yaml"))  # its input is in the repo
+    assert command[2].startswith("--")  # no folder: the scenarios the installed package ships (no tests/ in the image)
     assert any(v.endswith(":" + command[command.index("--out") + 1]) for v in loader["volumes"])
-    copied = [source for op, args in dockerfile() if op == "COPY" for source in args.split()[:-1]]
+    copied = [source for op, args in dockerfile() if op == "COPY" and not args.startswith("--from=")
+              for source in args.split()[:-1]]
     assert all((ROOT / source).exists() for source in copied)
-    assert "tests/scenarios" in copied and "deploy" in copied
+    assert "deploy" in copied and "tests/scenarios" in copied  # the build stage bundles the scenarios
 
 
 def test_the_compose_nginx_configuration_passes_nginx_t(tmp_path):
@@ -133,58 +131,113 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
-    steps = dockerfile()
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    workdir = next(args for op, args in steps if op == "WORKDIR")
-    app = tmp_path / "app"  # stands for WORKDIR
-    app.mkdir()
-    for op, args in steps:
-        if op == "COPY":
-            *sources, target = args.split()
-            destination = app / target  # relative to WORKDIR
-            for source in sources:
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, destination, ignore=shutil.ignore_patterns("__pycache__"),
-                                    dirs_exist_ok=True)
-                else:
-                    destination.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(ROOT / source, destination)
+def _stages() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(stage name, its steps) in order; an unnamed stage is called by its position."""
+    stages: list[tuple[str, list[tuple[str, str]]]] = []
+    for op, args in dockerfile():
+        if op == "FROM":
+            parts = args.split()
+            stages.append((parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else str(len(stages)), []))
+        stages[-1][1].append((op, args))
+    return stages
+
+
+def _wait_stopped(process: subprocess.Popen) -> None:
+    """SIGTERM, then up to twice gunicorn's graceful timeout (a loaded machine is slow), then SIGKILL."""
+    process.terminate()
+    try:
+        process.wait(timeout=2 * Settings().graceful_timeout + 15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_dockerfile_builds_the_wheel_and_runs_it_unprivileged_in_a_fresh_venv(tmp_path):
+    """Each stage's filesystem is a folder under tmp (its absolute paths mapped there); the
+    build stage's `pip` is this project's (the build backend), the runtime stage's a fresh
+    venv's. The shortcuts, said plainly: `pip wheel` runs with --no-build-isolation and the
+    runtime `pip install` with --no-deps (the fresh venv sees this project's installed
+    dependencies through a .pth line), so nothing is fetched from the package index."""
+    stages = _stages()
+    assert [name for name, _ in stages] == ["build", "1"], "a build stage, then the runtime stage"
+    (_, build), (_, runtime) = stages
+    assert build[0] == ("FROM", "python:3.11-slim AS build") and runtime[0] == ("FROM", "python:3.11-slim")
+    roots = {"build": tmp_path / "build-root", "1": tmp_path / "runtime-root"}
+
+    def local(stage: str, text: str) -> str:  # absolute paths of a stage, inside its folder
+        return re.sub(r"(?<![\w.])/(?=[a-z])", str(roots[stage]) + "/", text)
+
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    env.pop("MM_CDS_DATA_DIR", None)
-    for op, args in steps:
-        if op == "RUN":
-            command = shlex.split(args)
-            if command[:2] == ["pip", "install"]:
-                command += ["--no-deps", "--quiet"]  # the shortcut (module docstring)
-            subprocess.run(command, cwd=app, env=env, check=True, timeout=240)
-        elif op == "ENV":
-            env.update(dict(pair.split("=", 1) for pair in shlex.split(args)))
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MM_CDS_")}
+    base_env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    pythons = {"build": Path(sys.executable).parent, "1": venv / "bin"}
+    env: dict[str, str] = {}
+    for stage, steps in stages:
+        env = {**base_env, "PATH": f"{pythons[stage]}{os.pathsep}{base_env['PATH']}"}
+        workdir = roots[stage]
+        for op, args in steps:
+            if op == "WORKDIR":
+                image_workdir = args
+                workdir = Path(local(stage, args))
+                workdir.mkdir(parents=True, exist_ok=True)
+            elif op == "COPY":
+                *sources, target = args.split()
+                origin = ROOT
+                if sources[0].startswith("--from="):
+                    origin = roots[sources.pop(0).split("=", 1)[1]]
+                    sources = [s.lstrip("/") for s in sources]
+                destination = workdir / target
+                for source in sources:
+                    assert (origin / source).exists(), f"COPY {source}: no such file"
+                    if (origin / source).is_dir():
+                        shutil.copytree(origin / source, destination, dirs_exist_ok=True,
+                                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                    else:
+                        destination.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(origin / source, destination)
+            elif op == "RUN":
+                command = local(stage, args)
+                if args.startswith("pip wheel "):
+                    command += " --no-build-isolation --no-index --quiet"  # the shortcut (docstring)
+                elif args.startswith("pip install "):
+                    command += " --no-deps --no-index --quiet"  # the shortcut (docstring)
+                else:  # the data directory, owned by the unprivileged user
+                    assert re.fullmatch(r"mkdir -p (\S+) && chown 10001:10001 \1", args), args
+                    Path(local(stage, args.split()[2])).mkdir(parents=True, exist_ok=True)
+                    continue
+                subprocess.run(["sh", "-c", command], cwd=workdir, env=env, check=True, timeout=300)
+            elif op == "ENV":
+                env.update({k: local(stage, v) for k, v in (p.split("=", 1) for p in shlex.split(args))})
+    ops = [op for op, _ in runtime]
+    assert ("USER", "10001") in runtime and ops.index("USER") > max(i for i, op in enumerate(ops) if op == "RUN")
+    assert not any("-e" in shlex.split(args) for op, args in runtime if op == "RUN"), "the wheel, not -e"
+    data_dir = env["MM_CDS_DATA_DIR"]
+    assert ("VOLUME", json.dumps([data_dir.replace(str(roots["1"]), "")])) in runtime  # writable when read-only
+    app = roots["1"] / image_workdir.lstrip("/")
+    assert not (app / "cds_service").exists() and not (app / "plandefinitions").exists()  # the wheel serves
     environment = dict(compose()["services"]["mm-cds-a"]["environment"])
     # No PostgreSQL here: the replica's shared database is left out (feedback in SQLite).
     assert environment.pop("MM_CDS_DATABASE_URL").startswith("postgresql://")
-    env.update({k: str(v).replace(workdir, str(app)) for k, v in environment.items()})
-    env["MM_CDS_DATA_DIR"] = env["MM_CDS_DATA_DIR"].replace(workdir, str(app))
+    env.update({k: str(v).replace(image_workdir, str(app)) for k, v in environment.items()})
     port = _free_port()
     env["MM_CDS_PORT"] = str(port)
-    cmd = json.loads(next(args for op, args in steps if op == "CMD"))
+    cmd = json.loads(next(args for op, args in runtime if op == "CMD"))
     assert "--prod" in cmd  # the image runs the production server (gunicorn)
     assert shutil.which(cmd[0], path=str(venv / "bin")), f"{cmd[0]} is not installed in the venv"
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen([str(venv / "bin" / cmd[0]), *cmd[1:]], cwd=app, env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
-                response = requests.get(f"http://127.0.0.1:{port}/cds-services", timeout=2)
+                response = requests.get(f"http://127.0.0.1:{port}/cds-services", timeout=5)
                 break
             except requests.RequestException:
                 assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the service did not answer within 60 s"
+                assert time.monotonic() < deadline, "the service did not answer within 90 s"
                 time.sleep(0.3)
         assert response.status_code == 200
         assert {s["id"] for s in response.json()["services"]} == {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
@@ -192,13 +245,15 @@ def test_dockerfile_install_and_start_commands_work_in_a_fresh_venv(tmp_path):
         assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200  # compose's healthcheck
         page = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "Try it" in page.text
+        assert requests.get(f"http://127.0.0.1:{port}/ui/scenarios", timeout=10).json()  # the bundled scenarios
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        _wait_stopped(process)
+        log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "allow_insecure" in text  # the insecure demo setting is loud at start-up
-    assert str(app) in subprocess.run([str(venv / "bin" / "python"), "-c", "import cds_service; print(cds_service.__file__)"],
-                                      capture_output=True, text=True, env=env, check=True, cwd=tmp_path).stdout
+    imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import cds_service; print(cds_service.__file__)"],
+                              capture_output=True, text=True, env=env, check=True, cwd=tmp_path).stdout
+    assert Path(imported.strip()).is_relative_to(site), imported  # the installed wheel, not a source tree
 
 
 class TransactionServer:

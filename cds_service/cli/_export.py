@@ -89,7 +89,7 @@ def wait_for(base: str, seconds: float) -> None:
 def register_cli(sub: argparse._SubParsersAction) -> dict[str, Any]:
     cmd = sub.add_parser("export-patients", help="scenario patients as FHIR transaction Bundles (files or POSTed)")
     cmd.add_argument("paths", nargs="*", type=Path, default=[scenarios.DEFAULT_FOLDER],
-                     help="scenario files or folders (default: tests/scenarios)")
+                     help="scenario files or folders (default: the shipped scenarios, tests/scenarios in a checkout)")
     cmd.add_argument("--out", type=Path, help="write {id}.json, {id}.request.json and index.json here")
     cmd.add_argument("--post", metavar="FHIR_BASE", help="POST each transaction Bundle to this FHIR server")
     cmd.add_argument("--wait", type=float, default=0, help="seconds to wait for --post's server to come up")

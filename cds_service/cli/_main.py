@@ -120,6 +120,11 @@ def _terminology(args: argparse.Namespace) -> int:
 
 
 def _readme(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        where = ("this mm-cds is installed from a wheel, without its source tree: run it in a checkout"
+                 if config.installed_from_wheel() else "no such file")
+        print(f"mm-cds readme: {args.file}: {where} (or give --file README.md)", file=sys.stderr)
+        return 2
     kb = _load(shipped_only=True)
     text = args.file.read_text()
     fresh = knowledge.render_readme(text, kb)

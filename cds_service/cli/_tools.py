@@ -32,7 +32,7 @@ Handler = Callable[[argparse.Namespace], int]
 def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     test = sub.add_parser("test", help="run scenario files in-process against the knowledge")
     test.add_argument("paths", nargs="*", type=Path, default=[scenarios.DEFAULT_FOLDER],
-                      help="scenario files or folders (default: tests/scenarios)")
+                      help="scenario files or folders (default: the shipped scenarios, tests/scenarios in a checkout)")
     test.add_argument("--site", action="append", default=[], help="a site directory (repeatable)")
     test.add_argument("-k", dest="match", help="only scenarios whose name contains this text")
     explain = sub.add_parser("explain", help="show why each card fired or not, for a scenario or a request")

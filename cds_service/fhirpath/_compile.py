@@ -20,6 +20,10 @@ from typing import Any
 from fhirpathpy.engine import do_eval, param_check_table, type_specifier, util
 from fhirpathpy.engine.evaluators import evaluators, member_invocation
 
+from cds_service.fhirpath._speedups import require_supported_fhirpathpy
+
+_VERSION_CHECKED = False  # the first compile checks fhirpathpy's version (then never again)
+
 Compiled = Callable[[dict, Any], Any]
 _CONSTANT = ("StringLiteral", "NumberLiteral", "BooleanLiteral", "Identifier")
 _PASS_THROUGH = ("TermExpression", "InvocationTerm", "ParenthesizedTerm")
@@ -29,6 +33,10 @@ _OPERATORS = ("InequalityExpression", "AdditiveExpression", "MultiplicativeExpre
 
 def compile_ast(ast: dict, registry: dict[str, dict]) -> Compiled:
     """The closure for a parsed expression (the root that fhirpathpy.parse returns)."""
+    global _VERSION_CHECKED
+    if not _VERSION_CHECKED:
+        require_supported_fhirpathpy()  # the closures re-implement its evaluators
+        _VERSION_CHECKED = True
     return _Compiler(registry).node(ast["children"][0])
 
 

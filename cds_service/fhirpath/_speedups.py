@@ -18,12 +18,15 @@ shipped artifacts with and without these, and requires identical results.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import fhirpathpy.engine as engine
 from fhirpathpy.engine import util
 from fhirpathpy.engine.evaluators import evaluators
 from fhirpathpy.engine.invocations import invocation_registry
+
+from cds_service.errors import IncompatibleLibrary
 
 _CACHED = "_mm_value"
 _ORIGINAL = {name: evaluators[name] for name in ("Identifier", "StringLiteral", "NumberLiteral")}
@@ -111,7 +114,23 @@ def _infix(ctx: dict, op: str, data: Any, raw_params: list) -> list:
     return util.arraify(invocation["fn"](*params))
 
 
+# pyproject.toml pins fhirpathpy exactly: these patches (and fhirpath/_compile.py) replace
+# and re-implement its internals, which any other release may change.
+SUPPORTED_FHIRPATHPY = "2.2.4"
+
+
+def require_supported_fhirpathpy() -> None:
+    """Raise IncompatibleLibrary unless the installed fhirpathpy is the one patched here."""
+    installed = metadata.version("fhirpathpy")
+    if installed != SUPPORTED_FHIRPATHPY:
+        raise IncompatibleLibrary(
+            f"fhirpathpy {installed} is installed, but cds_service.fhirpath patches the internals of "
+            f"fhirpathpy {SUPPORTED_FHIRPATHPY} only: install fhirpathpy=={SUPPORTED_FHIRPATHPY} "
+            "(pyproject.toml, requirements.lock)")
+
+
 def install() -> None:
+    require_supported_fhirpathpy()
     for name, evaluate in _ORIGINAL.items():
         evaluators[name] = _remember(evaluate)
     engine.doInvoke = _invoke

@@ -18,7 +18,7 @@ test` and `mm-cds explain` (in-process), the "try it" page, and `mm-cds export-p
         expectSuggestions: {CODE-1: [A suggestion label]}
         expectDetail: {CODE-1: ["a fragment"]}    fragments the card detail must hold
 
-tests/scenarios/ holds the real ones.
+tests/scenarios/ holds the real ones; a wheel carries a copy (config.shipped).
 
 The folder may hold `_settings.yaml` with `site_dirs` (relative to the folder): the site
 directories its scenarios are written for.
@@ -36,10 +36,12 @@ from typing import Any
 
 import yaml
 
-from cds_service.config import ROOT
+from cds_service.config import shipped
 from cds_service.errors import ScenarioError
 
-DEFAULT_FOLDER = ROOT / "tests" / "scenarios"
+# The shipped scenarios: tests/scenarios/ in a checkout, the installed package's copy
+# (cds_service/_bundled/scenarios, built from it) otherwise.
+DEFAULT_FOLDER = shipped("scenarios")
 SETTINGS_FILE = "_settings.yaml"
 PATIENT_FIELD = {"Immunization": "patient", "AllergyIntolerance": "patient"}
 DEFAULT_NOW = "2026-06-15T12:00:00Z"

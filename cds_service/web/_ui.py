@@ -44,7 +44,7 @@ def _bundled() -> dict[str, scenarios.Scenario]:
     """The bundled scenarios by id (`{file}-{n}`, as `mm-cds export-patients` names patients);
     read once per process."""
     folder = scenarios.DEFAULT_FOLDER
-    if not folder.is_dir():  # installed without the source tree: nothing to offer
+    if not folder.is_dir():  # a checkout without tests/scenarios: nothing to offer
         return {}
     return {patient_id(s, i): s for path in scenarios.scenario_files([folder])
             for i, s in enumerate(scenarios.load_file(path), start=1)}
