@@ -23,7 +23,7 @@ REASON = {"code": "not-eligible", "system": "https://myeloma-cds.example.org/fhi
           "display": "Not eligible for CAR-T"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request, tmp_path) -> dict:
     """Settings naming a fresh, empty feedback database of each kind."""
     if request.param == "sqlite":

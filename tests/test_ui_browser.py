@@ -15,6 +15,8 @@ CHROMIUM = os.environ.get("MM_CDS_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags a closed network refuses chromium's own calls.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.browser
+
 RECOMMENDATIONS = "https://myeloma-cds.example.org/fhir/CodeSystem/mm-tcell-recommendations"
 
 
