@@ -227,6 +227,7 @@ class _GunicornServer:
         self.app = type("Application", (), {"wsgi": staticmethod(lambda: app)})()
 
 
+@pytest.mark.slow
 def test_under_gunicorn_the_master_reloads_and_the_admin_call_signals_it(knowledge_copy, tmp_path):
     plan_dir, vs_dir = knowledge_copy
     app = create_app({"knowledge_dirs": (str(plan_dir), str(vs_dir)), "site_dirs": ()})
