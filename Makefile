@@ -1,6 +1,8 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
 # make test    run the whole test suite (what CI runs): make lint, then every test
 # make lint    ruff, mypy and the import-linter contracts (the layers)
+# make check   the quick loop (under a minute): the suite without the slow, gunicorn, browser,
+#              postgres, fuzz and nginx tests (markers in pyproject.toml)
 # make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
 # make serve-proxy production: nginx on MM_CDS_PORT (8080) in front of gunicorn on loopback
 #                  MM_CDS_INTERNAL_PORT (8081); deploy/nginx/run.py, docs/proxy.md
@@ -9,7 +11,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve serve-prod serve-proxy test lint validate bench lock clean
+.PHONY: serve serve-prod serve-proxy test check lint validate bench lock clean
 
 # The exact pins of requirements.lock, then the project itself (editable, no dependencies of its own).
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -43,6 +45,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check cds_service tests bench examples deploy setup.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+
+check: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
 
 validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate

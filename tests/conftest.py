@@ -19,7 +19,7 @@ from cds_service import config, knowledge, scenarios, web
 from cds_service.web import create_app
 
 from .support import fuzzing
-from .support.harness import Harness, Scenario
+from .support.harness import Harness, Scenario, card_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.timezone.utc)
@@ -105,11 +105,13 @@ class ScenarioItem(pytest.Item):
     def __init__(self, *, scenario: Scenario, mode: str, **kwargs):
         super().__init__(**kwargs)
         self.scenario, self.mode = scenario, mode
+        if mode == "fetch":  # the prefetch run stays in `make check`; fetching from the FHIR server is slow
+            self.add_marker(pytest.mark.slow)
 
     def runtest(self) -> None:
         h = harness(self.config)
         response = h.run(self.scenario, self.mode)
-        problems = scenarios.check(self.scenario, response["cards"]).problems
+        problems = card_problems(self.scenario, response["cards"])
         if self.mode == "fetch" and response["_fetched"] == 0 and self.scenario.chart:
             problems.append("fetch mode made no request to the FHIR server")
         if problems:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -78,7 +79,13 @@ def test_a_call_returns_cards_with_the_2_0_fields(client):
 
 def test_a_plan_definition_id_with_the_hook_field_selects_the_service(client):
     body = order_sign(prefetch=full_prefetch(client))
-    assert client.post("/cds-services/mm-tcell", json=body).status_code == 200
+    by_plan = client.post("/cds-services/mm-tcell", json=body)
+    assert by_plan.status_code == 200
+    by_service = client.post(SIGN, json={**body, "hookInstance": str(uuid.uuid4())})
+    def summaries(r):
+        return sorted((c["source"]["topic"]["code"], c["summary"]) for c in r.get_json()["cards"])
+    assert summaries(by_plan) == summaries(by_service)  # the order-sign service's answer
+    assert {"SEQ-1", "SCR-1", "ADM-1"} <= {code for code, _ in summaries(by_plan)}
 
 
 def test_unknown_service_is_404_with_a_json_body(client):
@@ -187,7 +194,12 @@ def test_explain_is_off_unless_configured(kb):
     client = app.test_client()
     body = order_sign(prefetch=full_prefetch(client))
     response = client.post(SIGN + "?explain=1", json=body, headers={"X-CDS-Explain": "1"})
+    assert response.status_code == 200
     assert "extension" not in response.get_json()
+    plain = client.post(SIGN, json={**body, "hookInstance": str(uuid.uuid4())})
+    def codes(r):
+        return sorted(c["source"]["topic"]["code"] for c in r.get_json()["cards"])
+    assert codes(response) == codes(plain) and "SEQ-1" in codes(response)  # the cards, only the trace is withheld
 
 
 def test_explain_trace_shows_variables_conditions_data_and_unknown_codes(client):

@@ -50,6 +50,7 @@ def test_create_app_refuses_to_start_on_a_broken_artifact():
     assert "PlanDefinition-bad-path.json" in str(info.value)
 
 
+@pytest.mark.slow  # its own process: the exit status of `mm-cds serve` is the point
 def test_serve_command_exits_non_zero_naming_the_file():
     env = {"MM_CDS_SITE_DIRS": str(BROKEN / "no-trigger"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-m", "cds_service", "serve", "--port", "0"], env=env,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cds_service import knowledge
+from cds_service import cli, knowledge
 
 ROOT = Path(__file__).resolve().parent.parent
 B = "https://myeloma-cds.example.org/fhir"
@@ -33,14 +32,30 @@ def test_the_readme_tables_are_generated_from_the_artifacts(kb):
     assert knowledge.readme_is_fresh(readme, kb), "README is stale: run `mm-cds readme --update`"
 
 
-def test_the_readme_check_fails_when_an_artifact_changes(kb, tmp_path):
+def mm_cds(monkeypatch, capsys, *args: str, site: str | None = None) -> tuple[int, str, str]:
+    """`mm-cds ARGS` in this process with no MM_CDS_* setting but the site directories:
+    (exit status, stdout, stderr)."""
+    for name in os.environ:
+        if name.startswith("MM_CDS_") and name != "MM_CDS_DATA_DIR":
+            monkeypatch.delenv(name)
+    if site:
+        monkeypatch.setenv("MM_CDS_SITE_DIRS", site)
+    capsys.readouterr()
+    status = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_readme_check_fails_when_an_artifact_changes(kb, tmp_path, monkeypatch, capsys):
     stale = tmp_path / "README.md"
     text = (ROOT / "docs" / "catalogue.md").read_text().replace("Consider CAR-T cell therapy before a bispecific antibody |", "Old title |", 1)
     stale.write_text(text)
     assert not knowledge.readme_is_fresh(stale, kb)
-    done = subprocess.run([sys.executable, "-m", "cds_service", "readme", "--check", "--file", str(stale)],
-                          capture_output=True, text=True, env={"MM_CDS_LOG_LEVEL": "ERROR", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 1 and "stale" in done.stderr
+    status, out, err = mm_cds(monkeypatch, capsys, "readme", "--check", "--file", str(stale))
+    assert status == 1 and out == ""
+    assert err == f"{stale}: generated sections are stale; run `mm-cds readme --update`\n"
+    status, out, _ = mm_cds(monkeypatch, capsys, "readme", "--check", "--file", str(ROOT / "README.md"))
+    assert status == 0 and out == f"{ROOT / 'README.md'}: generated sections are up to date\n"
 
 
 def _action(kb, plan_id: str, code: str) -> dict:
@@ -92,26 +107,25 @@ def test_each_recommendation_has_a_firing_scenario_and_two_near_misses(kb):
         assert misses[code] >= 2, f"{code} has {misses[code]} near misses; at least 2 are needed"
 
 
-def _terminology(*args: str, site: str | None = None) -> subprocess.CompletedProcess:
-    env = {"MM_CDS_LOG_LEVEL": "ERROR", "PATH": "/usr/bin:/bin"}
-    if site:
-        env["MM_CDS_SITE_DIRS"] = site
-    return subprocess.run([sys.executable, "-m", "cds_service", "terminology", *args], capture_output=True, text=True, env=env)
+def test_terminology_check_lists_what_to_map_and_what_the_site_mapped(monkeypatch, capsys):
+    status, shipped, _ = mm_cds(monkeypatch, capsys, "terminology", "check")
+    assert status == 0
+    assert "Talquetamab: https://myeloma-cds.example.org/fhir/ValueSet/talquetamab-site" in shipped
+    assert "http://www.nlm.nih.gov/research/umls/rxnorm|2594780" in shipped  # cilta-cel, recalled
+    assert "http://loinc.org|2465-3" not in shipped  # IgG is verified
+    status, with_site, _ = mm_cds(monkeypatch, capsys, "terminology", "check", site=str(ROOT / "examples" / "site"))
+    assert status == 0
+    assert "Talquetamab: 2 code(s)" in with_site
+    assert "talquetamab-site" not in with_site.split("Codes not verified")[0]
+    assert open_items(with_site) == open_items(shipped) - 3
 
 
-def test_terminology_check_lists_what_to_map_and_what_the_site_mapped():
-    shipped = _terminology("check")
-    assert shipped.returncode == 0
-    assert "Talquetamab: https://myeloma-cds.example.org/fhir/ValueSet/talquetamab-site" in shipped.stdout
-    assert "http://www.nlm.nih.gov/research/umls/rxnorm|2594780" in shipped.stdout  # cilta-cel, recalled
-    assert "http://loinc.org|2465-3" not in shipped.stdout  # IgG is verified
-    with_site = _terminology("check", site=str(ROOT / "examples" / "site"))
-    assert "Talquetamab: 2 code(s)" in with_site.stdout
-    assert "talquetamab-site" not in with_site.stdout.split("Codes not verified")[0]
-    def count(text):
-        return int(text.strip().rsplit("\n", 1)[-1].split()[0])
-    assert count(with_site.stdout) == count(shipped.stdout) - 3
+def open_items(text: str) -> int:
+    last = text.strip().rsplit("\n", 1)[-1]
+    assert last.endswith(" item(s) to confirm or map before go-live."), last
+    return int(last.split()[0])
 
 
-def test_terminology_check_strict_fails_while_items_are_open():
-    assert _terminology("check", "--strict").returncode == 1
+def test_terminology_check_strict_fails_while_items_are_open(monkeypatch, capsys):
+    status, out, _ = mm_cds(monkeypatch, capsys, "terminology", "check", "--strict")
+    assert status == 1 and open_items(out) > 0

@@ -7,6 +7,7 @@ uses it. Nothing here reaches the package index (see the Dockerfile test's short
 
 from __future__ import annotations
 
+import pytest
 import datetime as dt
 import json
 import os
@@ -109,6 +110,7 @@ def test_compose_file_runs_nginx_in_front_of_two_replicas_sharing_postgresql():
     assert "deploy" in copied and "tests/scenarios" in copied  # the build stage bundles the scenarios
 
 
+@pytest.mark.slow
 def test_the_compose_nginx_configuration_passes_nginx_t(tmp_path):
     """The files the compose nginx mounts, checked by the real nginx (Debian's). No compose
     DNS here: the replicas' names become loopback addresses, nothing else changes."""
@@ -152,6 +154,7 @@ def _wait_stopped(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_dockerfile_builds_the_wheel_and_runs_it_unprivileged_in_a_fresh_venv(tmp_path):
     """Each stage's filesystem is a folder under tmp (its absolute paths mapped there); the
     build stage's `pip` is this project's (the build backend), the runtime stage's a fresh
@@ -286,6 +289,7 @@ class TransactionServer:
         self._server.shutdown()
 
 
+@pytest.mark.slow
 def test_the_loader_posts_every_scenario_patient_and_the_service_fetches_them(tmp_path, kb, capsys):
     """`mm-cds export-patients --post` as the compose loader runs it, then the example requests
     sent to the service with fhirServer pointing at the loaded server: the expected cards."""

@@ -23,7 +23,7 @@ REASON = {"code": "not-eligible", "system": "https://myeloma-cds.example.org/fhi
           "display": "Not eligible for CAR-T"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request, tmp_path) -> dict:
     """Settings naming a fresh, empty feedback database of each kind."""
     if request.param == "sqlite":
@@ -267,8 +267,16 @@ def test_feedback_to_an_unknown_service_is_404(client):
     assert response.get_json()["issue"][0]["diagnostics"] == "no CDS service 'no-such-service'"
 
 
-def test_feedback_to_a_plan_definition_id_is_accepted(client):
-    assert post(client, overridden("c"), path="/cds-services/mm-tcell/feedback").status_code == 200
+def test_feedback_to_a_plan_definition_id_is_accepted(make_app, kb, tmp_path):
+    app = make_app({"data_dir": str(tmp_path / "data")})
+    client = app.test_client()
+    request, cards = issue(client, kb)
+    response = post(client, overridden(cards["SEQ-1"]["uuid"]), path="/cds-services/mm-tcell/feedback")
+    assert response.status_code == 200 and response.get_json() == {"stored": 1, "duplicates": 0}
+    [row] = stored(app)
+    assert (row["card_uuid"], row["linked"], row["code"]) == (cards["SEQ-1"]["uuid"], 1, "SEQ-1")
+    assert row["hook_instance"] == request["hookInstance"] and row["issued_by"] == "mm-tcell-order-sign"
+    assert row["service_id"] == "mm-tcell"  # the path it was sent to
 
 
 def test_the_data_dir_is_created_and_the_schema_versioned(make_app, tmp_path):

@@ -57,6 +57,7 @@ def _run(state, scenario: Scenario) -> dict:
     return _stable(call_hook(state.kb, service, body, scenario.now, state.fetch, explain=True).response)
 
 
+@pytest.mark.slow
 def test_compiled_and_interpreted_fhirpath_agree_on_every_scenario(state):
     scenarios = _all_scenarios()
     fast = [_run(state, s) for s in scenarios]

@@ -36,6 +36,8 @@ from .conftest import NOW
 from .support.fuzzing import TALLY, CannedTransport, bounded, mutated, problems, seeds
 from .support.harness import EXAMPLE_SITE
 
+pytestmark = pytest.mark.fuzz
+
 SCHEMA_EXAMPLES = 25  # per operation and generation mode
 MUTATION_EXAMPLES = 800
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]

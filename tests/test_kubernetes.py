@@ -385,6 +385,7 @@ def test_the_example_site_files_are_the_repository_examples():
 
 # --- the nginx front ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_nginx_front_serves_the_repository_server_block_and_passes_nginx_t(tmp_path):
     resources = render()
     files = configmap(resources, "mm-cds-nginx")["data"]
@@ -421,6 +422,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_the_rendered_settings_secret_and_site_start_the_service(tmp_path):
     """The example overlay's ConfigMaps and Secret laid out as the pod sees them (paths moved
     into tmp_path), the init container's copy done, and `mm-cds serve --prod` started with

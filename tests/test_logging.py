@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import requests
 
 from cds_service import create_app, ops
@@ -50,6 +51,7 @@ def test_request_log_has_the_request_facts_and_no_patient_data(kb):
         assert secret not in text
 
 
+@pytest.mark.gunicorn
 def test_gunicorn_logs_are_json_lines_without_patient_data(tmp_path):
     server = Gunicorn(tmp_path, CLI, workers="2", fetch_timeout="1")  # mm-cds serve --prod
     try:

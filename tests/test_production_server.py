@@ -19,6 +19,8 @@ from .support.scrape import sample
 ROOT = Path(__file__).resolve().parent.parent
 SIGN = "/cds-services/mm-tcell-order-sign"
 
+pytestmark = pytest.mark.gunicorn
+
 
 @pytest.fixture(scope="module")
 def production(tmp_path_factory):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from cds_service import create_app, scenarios, web
+from cds_service import cli, create_app, scenarios, web
 from cds_service.service import scenario_request
 
 from .support.loopback import serving
@@ -98,13 +98,24 @@ def order_sign_body(kb) -> dict:
     return scenario_request(moved, kb.services["mm-tcell-order-sign"].prefetch)
 
 
-def mm_cds_reload(base: str) -> subprocess.CompletedProcess:
-    """`mm-cds reload`, run as the operator runs it: its own process."""
-    return subprocess.run([sys.executable, "-m", "cds_service", "reload", "--url", base],
-                          capture_output=True, text=True, timeout=120)
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_reload_command_serves_the_edit_refuses_a_broken_one_and_drops_nothing(knowledge_copy, caplog):
+def mm_cds_reload(capsys, base: str) -> Done:
+    """`mm-cds reload --url BASE` in this process (it is an HTTP client: its own process
+    would add nothing but the interpreter's start)."""
+    capsys.readouterr()
+    status = cli.main(["reload", "--url", base])
+    out, err = capsys.readouterr()
+    return Done(status, out, err)
+
+
+@pytest.mark.slow
+def test_reload_command_serves_the_edit_refuses_a_broken_one_and_drops_nothing(knowledge_copy, caplog, capsys):
     plan_dir, vs_dir = knowledge_copy
     app = create_app({"knowledge_dirs": (str(plan_dir), str(vs_dir)), "site_dirs": ()})
     with serving(app) as base:
@@ -113,14 +124,14 @@ def test_reload_command_serves_the_edit_refuses_a_broken_one_and_drops_nothing(k
             hammer.wait_for(TITLE)
             edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
             started = time.monotonic()
-            done = mm_cds_reload(base)
+            done = mm_cds_reload(capsys, base)
             reloaded = time.monotonic()
             assert done.returncode == 0 and done.stdout.startswith("reloaded: "), done
             hammer.wait_for(EDITED)
 
             edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
             refused_at = time.monotonic()
-            done = mm_cds_reload(base)
+            done = mm_cds_reload(capsys, base)
             refused_done = time.monotonic()
             assert done.returncode == 1
             err = done.stderr
@@ -156,6 +167,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sighup_reloads_mm_cds_serve_without_dropping_a_request(knowledge_copy, tmp_path, kb):
     plan_dir, vs_dir = knowledge_copy
     port = _free_port()
@@ -190,15 +202,21 @@ def test_sighup_reloads_mm_cds_serve_without_dropping_a_request(knowledge_copy, 
         hammer.wait_for(EDITED)
         time.sleep(0.3)
         answers = hammer.finish()
+        still_running = process.poll() is None  # two SIGHUPs reloaded it; neither stopped it
     finally:
         if hammer:
             hammer.stop.set()
         process.terminate()
         process.wait(timeout=30)
-    assert process.returncode is not None
+    assert still_running, (tmp_path / "serve.log").read_text()
+    assert process.returncode == -signal.SIGTERM  # it was stopped by our SIGTERM, not by a SIGHUP or a crash
     assert [a for a in answers if a[1] != 200] == []
     assert len(answers) > served
-    assert "does not parse" in (tmp_path / "serve.log").read_text()
+    text = (tmp_path / "serve.log").read_text()
+    assert f"serving 3 CDS services on http://127.0.0.1:{port}/cds-services" in text
+    events = [json.loads(line).get("event") for line in text.splitlines() if line.startswith("{")]
+    assert events.count("knowledge_reloaded") == 1 and events.count("knowledge_reload_refused") == 1, events
+    assert "does not parse" in text
     print(f"\nSIGHUP: {len(answers)} requests, {sum(a[1] != 200 for a in answers)} not 200")
 
 
@@ -209,6 +227,7 @@ class _GunicornServer:
         self.app = type("Application", (), {"wsgi": staticmethod(lambda: app)})()
 
 
+@pytest.mark.slow
 def test_under_gunicorn_the_master_reloads_and_the_admin_call_signals_it(knowledge_copy, tmp_path):
     plan_dir, vs_dir = knowledge_copy
     app = create_app({"knowledge_dirs": (str(plan_dir), str(vs_dir)), "site_dirs": ()})
@@ -239,7 +258,8 @@ def test_under_gunicorn_the_master_reloads_and_the_admin_call_signals_it(knowled
         web.state_of(app).feedback.close()
 
 
-def test_reload_under_real_gunicorn_reaches_every_worker_and_drops_nothing(knowledge_copy, tmp_path, kb):
+@pytest.mark.gunicorn
+def test_reload_under_real_gunicorn_reaches_every_worker_and_drops_nothing(knowledge_copy, tmp_path, kb, capsys):
     """`mm-cds reload` against `mm-cds serve --prod`: the master reloads, gunicorn replaces the
     workers, every worker then serves the edit; a broken edit is refused and changes nothing."""
     from .support.gunicorn import CLI, Gunicorn
@@ -251,13 +271,13 @@ def test_reload_under_real_gunicorn_reaches_every_worker_and_drops_nothing(knowl
     try:
         hammer.wait_for(TITLE)
         edit(plan_dir / "PlanDefinition-mm-tcell.json", TITLE, EDITED)
-        done = mm_cds_reload(server.base)
+        done = mm_cds_reload(capsys, server.base)
         assert done.returncode == 0, done.stdout + done.stderr
         hammer.wait_for(EDITED)
         seen = {requests.post(hammer.url, json=hammer.body, timeout=30).json()["cards"][0]["summary"] for _ in range(12)}
         assert seen == {EDITED}, f"some worker still serves the old knowledge: {seen}"
         edit(plan_dir / "PlanDefinition-mm-tcell.json", BROKEN_FROM, BROKEN_TO)
-        refused = mm_cds_reload(server.base)
+        refused = mm_cds_reload(capsys, server.base)
         assert refused.returncode != 0 and "does not parse" in refused.stdout + refused.stderr
         time.sleep(1)
         assert hammer.answers[-1][2] == EDITED

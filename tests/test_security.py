@@ -48,8 +48,10 @@ def make_app(kb, host="0.0.0.0", base=BASE, **table):
     return create_app(settings, kb=kb, clock=lambda: NOW)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def secured(kb, keys):
+    """One secured app for the module: a verdict on a token depends on the token alone (each
+    token has a fresh jti), and building an app costs half a second."""
     app = make_app(kb, **trusted(keys))
     yield app
     web.state_of(app).feedback.close()
@@ -66,6 +68,10 @@ def call(client, kb, endpoint: str, token: str | None = None, remote: str = "127
     else:
         body = None
     return client.open(path + query, method=method, json=body, headers=headers, environ_base={"REMOTE_ADDR": remote})
+
+
+def codes(body: dict) -> list[str]:
+    return sorted(c["source"]["topic"]["code"] for c in body["cards"])
 
 
 def assert_refused(response, reason: str) -> None:
@@ -179,9 +185,16 @@ def test_preflight_and_probe_paths_need_no_token(secured):
                                               "Access-Control-Request-Headers": "Authorization, Content-Type"})
     assert preflight.status_code == 200
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
-    for path in ("/health", "/ready", "/metrics"):  # routes of their own; never behind the JWT
-        assert client.get(path).status_code != 401
-    assert client.get("/anything-else").status_code == 401
+    # routes of their own, never behind the JWT: answered in full without a token
+    health = client.get("/health")
+    assert health.status_code == 200 and health.get_json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
+    assert ready.get_json()["knowledge"]["services"] == 3
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.content_type.startswith("text/plain")
+    assert "# TYPE " in metrics.get_data(as_text=True)
+    assert_refused(client.get("/anything-else"), "a bearer JWT is required")
 
 
 def test_a_refusal_keeps_cors_headers_so_a_browser_client_can_read_it(secured):
@@ -271,9 +284,13 @@ def test_startup_off_loopback_with_allow_insecure_runs_unauthenticated_and_says_
     app = make_app(kb, allow_insecure=True)
     assert any(r.levelname == "CRITICAL" and "INSECURE" in r.getMessage() for r in caplog.records)
     client = app.test_client()
-    assert call(client, kb, "service", remote="203.0.113.9").status_code == 200
-    # ... but an unauthenticated remote caller never gets the explain trace
-    assert "extension" not in call(client, kb, "service", remote="203.0.113.9", query="?explain=1").get_json()
+    plain = call(client, kb, "service", remote="203.0.113.9")
+    assert plain.status_code == 200 and plain.get_json()["cards"]
+    # ... but an unauthenticated remote caller never gets the explain trace: the same cards, no trace
+    asked = call(client, kb, "service", remote="203.0.113.9", query="?explain=1")
+    assert asked.status_code == 200
+    assert "extension" not in asked.get_json()
+    assert codes(asked.get_json()) == codes(plain.get_json())
 
 
 @pytest.mark.parametrize("table, message", [
@@ -333,11 +350,15 @@ def test_the_sandbox_example_trusts_the_published_sandbox_key():
 def test_explain_needs_authentication_or_a_loopback_caller(kb, keys):
     open_app = make_app(kb, host="127.0.0.1", **trusted(keys))
     client = open_app.test_client()
-    assert "extension" in call(client, kb, "service", query="?explain=1").get_json()
-    assert "extension" not in call(client, kb, "service", remote="203.0.113.9", query="?explain=1").get_json()
+    local = call(client, kb, "service", query="?explain=1")
+    assert local.status_code == 200 and "org.myeloma-cds.explain" in local.get_json()["extension"]
+    remote = call(client, kb, "service", remote="203.0.113.9", query="?explain=1")
+    assert remote.status_code == 200  # answered, with the same cards, but without the trace
+    assert "extension" not in remote.get_json()
+    assert codes(remote.get_json()) == codes(local.get_json()) and codes(local.get_json())
     token = keys["ES384"].sign(claims(ISS, _url("service")))
     authed = call(client, kb, "service", token=token, remote="203.0.113.9", query="?explain=1")
-    assert "extension" in authed.get_json()
+    assert authed.status_code == 200 and "org.myeloma-cds.explain" in authed.get_json()["extension"]
 
 
 def test_refusals_are_logged_without_the_token(secured, kb, keys, caplog):

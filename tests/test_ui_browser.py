@@ -18,6 +18,8 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          # Every host but loopback resolves to nothing: the page may only talk to the service
          # under test, and chromium's own lookups of outside hosts never leave the machine.
          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
+pytestmark = pytest.mark.browser
+
 RECOMMENDATIONS = "https://myeloma-cds.example.org/fhir/CodeSystem/mm-tcell-recommendations"
 
 

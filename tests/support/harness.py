@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ SCENARIOS = scenarios.DEFAULT_FOLDER
 # The site directories the bundled scenarios are written for (tests/scenarios/_settings.yaml).
 SITE_DIRS = scenarios.folder_site_dirs(SCENARIOS)
 EXAMPLE_SITE = Path(SITE_DIRS[0])
+
+
+def card_problems(scenario: Scenario, cards: list[dict]) -> list[str]:
+    """What is wrong with the cards a scenario got: scenarios.check (the set of codes, the
+    details, the suggestions), and the list of codes compared as a list, so a recommendation
+    answered with two cards is a failure, not one code seen twice."""
+    problems = list(scenarios.check(scenario, cards).problems)
+    codes = sorted(scenarios.card_code(c) for c in cards)
+    twice = sorted(code for code, n in Counter(codes).items() if n > 1)
+    if twice:
+        problems.append(f"cards {codes}: more than one card for {twice} (each expected code once: "
+                        f"{sorted(scenario.expect)})")
+    return problems
 
 
 class MutableClock:
