@@ -54,8 +54,8 @@ def test_the_readme_check_fails_when_an_artifact_changes(kb, tmp_path, monkeypat
     status, out, err = mm_cds(monkeypatch, capsys, "readme", "--check", "--file", str(stale))
     assert status == 1 and out == ""
     assert err == f"{stale}: generated sections are stale; run `mm-cds readme --update`\n"
-    status, out, _ = mm_cds(monkeypatch, capsys, "readme", "--check", "--file", str(ROOT / "README.md"))
-    assert status == 0 and out == f"{ROOT / 'README.md'}: generated sections are up to date\n"
+    status, out, _ = mm_cds(monkeypatch, capsys, "readme", "--check")  # the default: docs/catalogue.md
+    assert status == 0 and out == f"{ROOT / 'docs' / 'catalogue.md'}: generated sections are up to date\n"
 
 
 def _action(kb, plan_id: str, code: str) -> dict:
