@@ -46,7 +46,8 @@ def create_app(
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
-    guard = _auth.build_guard(security.load(settings), settings.public_base_url)
+    # The jti replay store is the service's database: shared by every worker and replica.
+    guard = _auth.build_guard(security.load(settings), settings.public_base_url, security.open_replay_guard(settings))
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
     knowledge.settle()
     writer = open_writer(settings)
