@@ -47,6 +47,7 @@ def create_app(
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
     security_config = security.load(settings)
+    ops.admin_token(settings)  # a malformed reload credential stops start-up
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
     knowledge.settle()
     writer = open_writer(settings)
