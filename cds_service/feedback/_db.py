@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service.engine import IssuedCard
-from cds_service.storage import Database, open_database
+from cds_service.storage import Database, open_database  # noqa: F401  # re-exported by feedback/
 
 # Each entry is one schema version: statements applied in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
