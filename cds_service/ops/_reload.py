@@ -12,7 +12,9 @@ Triggers:
   POST /admin/reload      what `mm-cds reload` calls; answers with the outcome. Only from
                           loopback and never through a proxy (no X-Forwarded-For/Forwarded):
                           the operator on the host, not an EHR. A CDS client's JWT does not
-                          grant it; the JWT check is not what guards it (auth_http exempts it).
+                          grant it: security.admin_token does (a bearer token; without one,
+                          only the loopback development server reloads). Requests are
+                          coalesced (see coalesced()).
 Why an HTTP call for the command rather than a pid file and a signal: a signal cannot carry
 the refusal back, and `mm-cds reload` must print why an edit was refused.
 
