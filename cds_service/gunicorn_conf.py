@@ -136,7 +136,9 @@ def pre_fork(server, worker) -> None:
 
 def post_fork(server, worker) -> None:
     state = _state(server)
-    state.feedback = _open_writer(state.settings)
+    # The master migrated the schema before forking; a worker does not need the database to
+    # boot (a respawn during an outage must not fail, which would make gunicorn halt).
+    state.feedback = _open_writer(state.settings, migrate=False)
 
 
 def worker_exit(server, worker) -> None:

@@ -37,7 +37,7 @@ def test_the_import_linter_contracts_hold():
 
 def test_every_subpackage_states_its_public_api():
     assert set(SUBPACKAGES) == {"cli", "data", "engine", "feedback", "fhirpath", "knowledge", "ops", "scenarios",
-                                "security", "service", "web"}
+                                "security", "service", "storage", "web"}
     for name in SUBPACKAGES:
         init = PACKAGE / name / "__init__.py"
         tree = ast.parse(init.read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -24,14 +25,17 @@ def _cli(args: argparse.Namespace) -> int:
     settings = config.load()
     host = settings.host if is_loopback(settings.host) else "127.0.0.1"
     base = (args.url or f"http://{host}:{settings.port}").rstrip("/")
+    # The credential: MM_CDS_ADMIN_TOKEN, else security.admin_token of the settings file.
+    token = os.environ.get("MM_CDS_ADMIN_TOKEN") or str(settings.security.get("admin_token", ""))
+    headers = {"Authorization": f"Bearer {token.strip()}"} if token.strip() else {}
     try:
-        response = requests.post(base + PATH, timeout=120)
+        response = requests.post(base + PATH, headers=headers, timeout=120)
     except requests.RequestException as exc:
         print(f"mm-cds reload: cannot reach the service at {base}: {type(exc).__name__}", file=sys.stderr)
         return 2
     body = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
     if response.status_code == 200:
-        print(body.get("message", "reloaded"))
+        print(body.get("message", "reloaded") + (" (the outcome of a reload just made)" if body.get("coalesced") else ""))
         return 0
     if response.status_code == 422:
         print("refused: the knowledge does not validate; the previous knowledge keeps serving:", file=sys.stderr)

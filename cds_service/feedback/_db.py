@@ -1,5 +1,6 @@
 """The feedback database: SQLite (a file in data_dir) by default, PostgreSQL when
-database_url is set. The same SQL runs on both (only the parameter marker differs).
+database_url is set. The connection and the backends are storage/'s (the
+replay store shares the database).
 
     issued_cards   one row per card the service sent: what the card was (recommendation
                    code, PlanDefinition url and version, suggestion uuids), for which call
@@ -17,20 +18,15 @@ starts first; schema_migrations records the versions applied.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager as ContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
 from cds_service.engine import IssuedCard
-from cds_service.errors import ConfigurationError
+from cds_service.storage import Database, open_database  # noqa: F401  # re-exported by feedback/
 
 # Each entry is one schema version: statements applied in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -64,7 +60,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             FROM feedback f LEFT JOIN issued_cards c ON c.card_uuid = f.card_uuid""",
     ),
 )
-PG_MIGRATION_LOCK = 7_114_2024  # any constant: the advisory lock replicas share
 
 
 @dataclass(frozen=True)
@@ -125,104 +120,6 @@ def feedback_rows(body: dict[str, Any], service_id: str, now: dt.datetime) -> li
             override_display=reason.get("display"), user_comment=override.get("userComment"),
             received_at=timestamp(now)))
     return rows
-
-
-class Database(Protocol):
-    """One backend: how to connect, run a transaction and write parameters."""
-
-    name: str
-
-    def connect(self) -> Any: ...
-
-    def sql(self, text: str) -> str: ...
-
-    def transaction(self, conn: Any, schema_lock: bool = False, write: bool = True) -> ContextManager[Any]: ...
-
-    def transient(self, exc: Exception) -> bool:
-        """True when the failure is the database's state (down, busy), not the data's."""
-        ...
-
-
-class SqliteDatabase:
-    name = "sqlite"
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def connect(self) -> sqlite3.Connection:
-        # isolation_level None: we issue BEGIN IMMEDIATE ourselves (DDL included);
-        # WAL lets the report read while a replica writes; FULL sync: a 200 means on disk.
-        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
-
-    def sql(self, text: str) -> str:
-        return text
-
-    def transient(self, exc: Exception) -> bool:
-        return isinstance(exc, (sqlite3.OperationalError, OSError))  # locked, disk full, I/O
-
-    @contextlib.contextmanager
-    def transaction(self, conn: sqlite3.Connection, schema_lock: bool = False,
-                    write: bool = True) -> Iterator[sqlite3.Cursor]:
-        cur = conn.cursor()
-        # IMMEDIATE takes the write lock at once (which also serialises migrations).
-        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
-
-    def __str__(self) -> str:
-        return f"SQLite {self.path}"
-
-
-class PostgresDatabase:
-    name = "postgresql"
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def connect(self) -> Any:
-        import psycopg  # only needed when PostgreSQL is configured
-
-        return psycopg.connect(self.url, connect_timeout=10)
-
-    def sql(self, text: str) -> str:
-        return text.replace("?", "%s")
-
-    def transient(self, exc: Exception) -> bool:
-        import psycopg
-
-        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))
-
-    @contextlib.contextmanager
-    def transaction(self, conn: Any, schema_lock: bool = False, write: bool = True) -> Iterator[Any]:
-        with conn.transaction(), conn.cursor() as cur:
-            if schema_lock:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK,))
-            yield cur
-
-    def __str__(self) -> str:
-        # Never the password: only where the database is.
-        parts = urlsplit(self.url)
-        return f"PostgreSQL {parts.hostname or '(socket)'}:{parts.port or 5432}{parts.path}"
-
-
-def open_database(database_url: str, data_dir: str) -> Database:
-    if database_url:
-        if urlsplit(database_url).scheme not in ("postgresql", "postgres"):
-            raise ConfigurationError("database_url: must start with postgresql:// (or leave it empty for SQLite)")
-        return PostgresDatabase(database_url)
-    directory = Path(data_dir)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(f"data_dir: cannot create {directory}: {exc.strerror}") from None
-    return SqliteDatabase(directory / "feedback.sqlite3")
 
 
 def migrate(db: Database, conn: Any) -> int:

@@ -47,12 +47,16 @@ class Writer:
         self._conn: Any = None
         self._closing = threading.Event()
         self.dropped_cards = 0
+        self._down = threading.Event()  # set while the database is failing, cleared by a commit
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
 
-    def start(self) -> Writer:
-        """Creates or migrates the schema (raising if the database is unusable), then runs."""
-        self._conn = self.db.connect()
-        feedback_db.migrate(self.db, self._conn)
+    def start(self, migrate: bool = True) -> Writer:
+        """Creates or migrates the schema (raising if the database is unusable), then runs.
+        migrate=False (a gunicorn worker: the master migrated): runs at once, connecting on
+        its first write, so a worker respawned during an outage boots (and answers 503)."""
+        if migrate:
+            self._conn = self.db.connect()
+            feedback_db.migrate(self.db, self._conn)
         self._thread.start()
         return self
 
@@ -66,8 +70,10 @@ class Writer:
             log.error("feedback queue full: issued-card records dropped",
                       extra={"event": "cards_dropped", "count": len(rows), "total_dropped": self.dropped_cards})
 
-    def store_feedback(self, rows: Sequence[FeedbackRow], timeout: float) -> int:
+    def store_feedback(self, rows: Sequence[FeedbackRow], timeout: float, fail_fast: bool = True) -> int:
         """Waits until the rows are committed; returns how many were new."""
+        if fail_fast and self._down.is_set():
+            raise StoreUnavailable("the feedback database is unavailable")
         job = _Job(feedback=rows)
         deadline = time.monotonic() + timeout
         try:
@@ -75,6 +81,7 @@ class Writer:
         except queue.Full:
             raise StoreUnavailable("the feedback queue is full") from None
         if not job.done.wait(max(deadline - time.monotonic(), 0)):
+            self._down.set()  # the writer is stuck (a lock, a connect): the next POSTs answer at once
             raise StoreUnavailable(f"the feedback database did not commit within {timeout:g} s")
         if job.error:
             raise StoreRejected(f"the feedback database refused the rows: {job.error}")  # a 500: our bug
@@ -83,7 +90,7 @@ class Writer:
     def flush(self, timeout: float = 10.0) -> bool:
         """True once everything queued before this call is committed."""
         try:
-            self.store_feedback((), timeout)
+            self.store_feedback((), timeout, fail_fast=False)
             return True
         except StoreUnavailable:
             return False
@@ -135,6 +142,7 @@ class Writer:
                     self._isolate(batch, exc)
                     return
                 # The database is down or busy: retry the same rows, never drop them.
+                self._down.set()
                 log.error("feedback database write failed; retrying",
                           extra={"event": "feedback_db_error", "error": type(exc).__name__, "jobs": len(batch)})
                 if self._closing.is_set():
@@ -148,6 +156,7 @@ class Writer:
         with self.db.transaction(self._conn) as cur:
             feedback_db.insert_cards(self.db, cur, [r for job in batch for r in job.cards])
             news = [feedback_db.insert_feedback(self.db, cur, job.feedback) for job in batch]
+        self._down.clear()
         for job, new in zip(batch, news, strict=False):
             job.new = new
             job.done.set()
@@ -175,11 +184,11 @@ class Writer:
         self._conn = None
 
 
-def open_writer(settings: Settings) -> Writer:
+def open_writer(settings: Settings, migrate: bool = True) -> Writer:
     """The database from the settings, schema up to date, its writer thread running."""
     db = feedback_db.open_database(settings.database_url, settings.data_dir)
     try:
-        return Writer(db, settings.feedback_queue_size).start()
+        return Writer(db, settings.feedback_queue_size).start(migrate)
     except Exception as exc:  # unreachable server, bad credentials, unwritable file...
         raise ConfigurationError(f"feedback database ({db}) unusable: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from None

@@ -8,6 +8,8 @@ Public API:
     multiprocess_dir()                           PROMETHEUS_MULTIPROC_DIR under gunicorn
     reload_knowledge(holder) -> ReloadResult     load, validate, swap `holder.kb` if sound
     validate_only(holder) -> problems            what a reload would refuse, swapping nothing
+    coalesced(key, dirs, run) -> ReloadResult    one reload per instance; a burst gets its outcome
+    admin_token(settings), admin_token_matches(configured, presented)   the reload credential
 """
 
 from cds_service.ops._logs import JsonFormatter
@@ -19,9 +21,16 @@ from cds_service.ops._metrics import (
     set_knowledge,
 )
 from cds_service.ops._metrics import scrape as scrape_metrics
-from cds_service.ops._reload import ReloadResult, reload_knowledge, validate_only
+from cds_service.ops._reload import (
+    ReloadResult,
+    admin_token,
+    admin_token_matches,
+    coalesced,
+    reload_knowledge,
+    validate_only,
+)
 
 __all__ = [
-    "JsonFormatter", "ReloadResult", "configure_logging", "multiprocess_dir", "observe_fetch", "observe_request",
+    "JsonFormatter", "ReloadResult", "admin_token", "admin_token_matches", "coalesced", "configure_logging", "multiprocess_dir", "observe_fetch", "observe_request",
     "reload_knowledge", "scrape_metrics", "set_knowledge", "validate_only",
 ]

@@ -12,7 +12,9 @@ Triggers:
   POST /admin/reload      what `mm-cds reload` calls; answers with the outcome. Only from
                           loopback and never through a proxy (no X-Forwarded-For/Forwarded):
                           the operator on the host, not an EHR. A CDS client's JWT does not
-                          grant it; the JWT check is not what guards it (auth_http exempts it).
+                          grant it: security.admin_token does (a bearer token; without one,
+                          only the loopback development server reloads). Requests are
+                          coalesced (see coalesced()).
 Why an HTTP call for the command rather than a pid file and a signal: a signal cannot carry
 the refusal back, and `mm-cds reload` must print why an edit was refused.
 
@@ -28,18 +30,29 @@ signals the master.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
+import hmac
+import json
 import logging
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cds_service import knowledge
-from cds_service.errors import KnowledgeError
+from cds_service.errors import ConfigurationError, KnowledgeError
 from cds_service.ops import _metrics as metrics
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()  # one reload at a time; requests never take it
+COALESCE_SECONDS = 5.0  # a reload asked for this soon after one, the knowledge unchanged, gets its outcome
+ADMIN_TOKEN_MIN = 16
 
 @dataclass
 class ReloadResult:
@@ -48,10 +61,68 @@ class ReloadResult:
     fingerprint: str
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    coalesced: bool = False  # the outcome of a reload another request started
 
     def as_dict(self) -> dict[str, Any]:
         return {"reloaded": self.reloaded, "message": self.message, "fingerprint": self.fingerprint,
-                "problems": self.problems, "seconds": round(self.seconds, 3)}
+                "problems": self.problems, "seconds": round(self.seconds, 3), "coalesced": self.coalesced}
+
+
+def admin_token(settings: Any) -> str:
+    """`admin_token` of the [security] table, else MM_CDS_ADMIN_TOKEN ("" when unset), checked: a string of at least
+    ADMIN_TOKEN_MIN characters (ConfigurationError otherwise)."""
+    token = settings.security.get("admin_token", "") or os.environ.get("MM_CDS_ADMIN_TOKEN", "")
+    if not isinstance(token, str) or (token and len(token.strip()) < ADMIN_TOKEN_MIN):
+        raise ConfigurationError(f"security.admin_token: must be a string of at least {ADMIN_TOKEN_MIN} characters")
+    return token.strip()
+
+
+def admin_token_matches(configured: str, presented: str | None) -> bool:
+    """Constant-time comparison (a timing difference must not reveal a prefix)."""
+    return bool(configured) and presented is not None and hmac.compare_digest(
+        presented.encode("utf-8", "replace"), configured.encode("utf-8"))
+
+
+def disk_signature(directories: Sequence[str]) -> str:
+    """What the knowledge on disk is, cheaply (names, sizes, modification times)."""
+    entries = []
+    for directory in directories:
+        for root, _, files in os.walk(directory):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                entries.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+
+
+def coalesced(key: str, directories: Sequence[str], run: Callable[[], ReloadResult],
+              window: float = COALESCE_SECONDS) -> ReloadResult:
+    """One reload at a time per instance (`key`: the gunicorn master's pid, or the process),
+    across its worker processes (a file lock): a request arriving while a reload runs
+    waits for it, and one arriving within `window` seconds after it, the knowledge on disk
+    unchanged since that reload began, gets its outcome instead of a new 5-second reload.
+    An edit made since then is always reloaded."""
+    base = Path(tempfile.gettempdir()) / f"mm-cds-reload-{key}"
+    with open(f"{base}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            signature = disk_signature(directories)
+            try:
+                last = json.loads(Path(f"{base}.json").read_text())
+            except (OSError, ValueError):
+                last = None
+            if last and last.get("signature") == signature and 0 <= time.time() - last["finished"] < window:
+                log.info("knowledge reload coalesced", extra={"event": "knowledge_reload_coalesced"})
+                return dataclasses.replace(ReloadResult(**last["result"]), coalesced=True)
+            result = run()
+            Path(f"{base}.json").write_text(json.dumps({"signature": signature, "finished": time.time(),
+                                                        "result": dataclasses.asdict(result)}))
+            return result
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def reload_knowledge(current: Any) -> ReloadResult:

@@ -8,11 +8,12 @@ Public API:
     TokenVerifier                        verify one token (Unauthenticated with the reason)
     KeyStore                             JWKS per issuer (configured, file, URL, jku)
     ReplayGuard                          jti seen before -> refused
+    open_replay_guard(settings)          the replay store in the service's database (every worker, every replica)
     is_loopback(host)
 """
 
 from cds_service.security._jwks import KeyStore
-from cds_service.security._replay import ReplayGuard
+from cds_service.security._replay import ReplayGuard, open_replay_guard
 from cds_service.security._settings import (
            Issuer,
            SecurityConfig,
@@ -23,4 +24,4 @@ from cds_service.security._settings import (
 from cds_service.security._tokens import TokenVerifier
 
 __all__ = ["Issuer", "KeyStore", "ReplayGuard", "SecurityConfig", "TokenVerifier", "check_startup", "is_loopback",
-           "load"]
+           "load", "open_replay_guard"]

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # CDS Hooks 2.0 forbids `none` and every symmetric (HMAC) algorithm: only these verify.
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 KEYS = {"require_token", "allow_insecure", "leeway", "max_lifetime", "algorithms", "jwks_ttl",
-        "jwks_timeout", "jwks_refetch_interval", "issuers"}
+        "jwks_timeout", "jwks_refetch_interval", "issuers",
+        "admin_token"}  # the /admin/reload credential: checked and used by ops (issue 10 item 8)
 ISSUER_KEYS = {"iss", "jwks", "jwks_file", "jwks_url", "jku_prefixes"}
 
 

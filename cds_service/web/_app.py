@@ -46,11 +46,14 @@ def create_app(
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
-    guard = _auth.build_guard(security.load(settings), settings.public_base_url)
+    security_config = security.load(settings)
+    ops.admin_token(settings)  # a malformed reload credential stops start-up
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
     knowledge.settle()
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
+    # The jti replay store is the service's database: shared by every worker and replica.
+    guard = _auth.build_guard(security_config, settings.public_base_url, security.open_replay_guard(settings))
     fhirpath.warm_up()
     app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

@@ -41,9 +41,9 @@ class Guard:
     public_base_url: str = ""
 
 
-def build_guard(config: SecurityConfig, public_base_url: str) -> Guard:
+def build_guard(config: SecurityConfig, public_base_url: str, replay: ReplayGuard | None = None) -> Guard:
     keys = KeyStore(config, RequestsTransport(max_bytes=JWKS_MAX_BYTES))
-    return Guard(config, TokenVerifier(config, keys, ReplayGuard()), public_base_url.rstrip("/"))
+    return Guard(config, TokenVerifier(config, keys, replay if replay is not None else ReplayGuard()), public_base_url.rstrip("/"))
 
 
 def register(app: Flask, guard: Guard) -> None:

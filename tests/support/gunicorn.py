@@ -26,12 +26,12 @@ def free_port() -> int:
 
 
 class Gunicorn:
-    def __init__(self, workdir: Path, command: list[str] = GUNICORN, **settings: str) -> None:
+    def __init__(self, workdir: Path, command: list[str] = GUNICORN, port: int | None = None, **settings: str) -> None:
         """`settings` become MM_CDS_* variables (e.g. workers="2"); TMPDIR is `workdir`,
         so the private metrics directory can be seen, and seen removed; the feedback
         database is in `workdir` too unless `data_dir` is given."""
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_CDS_", "PROMETHEUS_"))}
         env["MM_CDS_DATA_DIR"] = str(workdir / "data")
