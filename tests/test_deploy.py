@@ -7,7 +7,6 @@ uses it. Nothing here reaches the package index (see the Dockerfile test's short
 
 from __future__ import annotations
 
-import pytest
 import datetime as dt
 import json
 import os
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 import yaml
 from fhir.resources.R4B.bundle import Bundle
