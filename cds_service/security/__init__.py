@@ -1,5 +1,6 @@
 """Who may call: the `[security]` settings, bearer JWT checks (CDS Hooks 2.0), JWKS from
-configuration or jku, the jti replay guard. No Flask: the web layer asks and maps.
+configuration or jku, the jti replay guard, which fhirServer a caller may name and who
+may see the explain trace. No Flask: the web layer asks and maps.
 
 Public API:
     load(settings) -> SecurityConfig     the [security] table checked (ConfigurationError)
@@ -8,9 +9,15 @@ Public API:
     TokenVerifier                        verify one token (Unauthenticated with the reason)
     KeyStore                             JWKS per issuer (configured, file, URL, jku)
     ReplayGuard                          jti seen before -> refused
+    check_fhir_server(config, iss, url)  a fhirServer this caller may not name -> 400/403
+    may_explain(config, iss, peer, headers)   whether the explain trace may be returned
+    development_open(config)             loopback and no trusted issuer: permissive defaults
+    normalise_url(url), under_prefix(url, prefix)   URL normal form (UnsafeUrl) and prefix match
+    FORWARDING_HEADERS                   headers a proxy adds (X-Forwarded-For, Forwarded, X-Real-IP)
     is_loopback(host)
 """
 
+from cds_service.security._access import FORWARDING_HEADERS, check_fhir_server, development_open, may_explain
 from cds_service.security._jwks import KeyStore
 from cds_service.security._replay import ReplayGuard
 from cds_service.security._settings import (
@@ -21,6 +28,8 @@ from cds_service.security._settings import (
            load,
 )
 from cds_service.security._tokens import TokenVerifier
+from cds_service.security._urls import normalise_url, under_prefix
 
-__all__ = ["Issuer", "KeyStore", "ReplayGuard", "SecurityConfig", "TokenVerifier", "check_startup", "is_loopback",
-           "load"]
+__all__ = ["FORWARDING_HEADERS", "Issuer", "KeyStore", "ReplayGuard", "SecurityConfig", "TokenVerifier",
+           "check_fhir_server", "check_startup", "development_open", "is_loopback", "load", "may_explain",
+           "normalise_url", "under_prefix"]

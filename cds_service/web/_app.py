@@ -46,7 +46,7 @@ def create_app(
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
-    guard = _auth.build_guard(security.load(settings), settings.public_base_url)
+    guard = _auth.build_guard(security.load(settings))
     kb = kb or knowledge.load(settings.directories, settings.canonical_base)
     knowledge.settle()
     writer = open_writer(settings)
