@@ -464,7 +464,7 @@ def test_an_issuer_without_fhir_servers_may_name_none_and_a_call_without_a_token
     assert response.status_code == 403 and "its fhir_servers" in response.get_json()["issue"][0]["diagnostics"]
     loopback = make_app(kb, host="127.0.0.1", **trusted(keys, fhir_servers=[target.base + "/fhir"])).test_client()
     response = hook_call(loopback, None, target.base + "/fhir", remote="127.0.0.1")
-    assert response.status_code == 403 and "without a bearer JWT" in response.get_json()["issue"][0]["diagnostics"]
+    assert response.status_code == 403 and "without a bearer JWT may not name" in response.get_json()["issue"][0]["diagnostics"]
     assert target.requests == []
 
 
@@ -556,3 +556,14 @@ def test_refusals_are_logged_without_the_token(secured, kb, keys, caplog):
     refused = [r for r in caplog.records if getattr(r, "event", None) == "auth_refused"]
     assert refused and "is not this endpoint's URL" in refused[0].reason
     assert token not in caplog.text and token.split(".")[2] not in caplog.text
+
+
+def test_security_fhir_servers_are_open_to_every_caller_and_http_is_allowed_there(kb, target):
+    """The compose demo: allow_insecure, no issuer, one FHIR server any caller may name."""
+    client = make_app(kb, base="", allow_insecure=True, fhir_servers=[target.base + "/fhir"]).test_client()
+    assert hook_call(client, None, target.base + "/fhir").status_code == 412 and target.requests
+    seen = len(target.requests)
+    assert hook_call(client, None, target.base + "/admin").status_code == 403
+    assert len(target.requests) == seen
+    settings = config.load(environ={"MM_CDS_CONFIG": str(ROOT / "deploy/compose.toml")})
+    assert security.load(settings).fhir_servers == ("http://hapi:8080/fhir",)

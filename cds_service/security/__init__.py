@@ -9,15 +9,22 @@ Public API:
     TokenVerifier                        verify one token (Unauthenticated with the reason)
     KeyStore                             JWKS per issuer (configured, file, URL, jku)
     ReplayGuard                          jti seen before -> refused
-    check_fhir_server(config, iss, url)  a fhirServer this caller may not name -> 400/403
+    check_fhir_server(config, iss, url, development)   a fhirServer this caller may not name -> 400/403
     may_explain(config, iss, peer, headers)   whether the explain trace may be returned
-    development_open(config)             loopback and no trusted issuer: permissive defaults
+    development_open(config)             loopback, no trusted issuer, no allow_insecure: permissive
+    development_caller(config, peer, headers)   ... and a loopback peer without forwarding headers
     normalise_url(url), under_prefix(url, prefix)   URL normal form (UnsafeUrl) and prefix match
     FORWARDING_HEADERS                   headers a proxy adds (X-Forwarded-For, Forwarded, X-Real-IP)
     is_loopback(host)
 """
 
-from cds_service.security._access import FORWARDING_HEADERS, check_fhir_server, development_open, may_explain
+from cds_service.security._access import (
+           FORWARDING_HEADERS,
+           check_fhir_server,
+           development_caller,
+           development_open,
+           may_explain,
+)
 from cds_service.security._jwks import KeyStore
 from cds_service.security._replay import ReplayGuard
 from cds_service.security._settings import (
@@ -31,5 +38,5 @@ from cds_service.security._tokens import TokenVerifier
 from cds_service.security._urls import normalise_url, under_prefix
 
 __all__ = ["FORWARDING_HEADERS", "Issuer", "KeyStore", "ReplayGuard", "SecurityConfig", "TokenVerifier",
-           "check_fhir_server", "check_startup", "development_open", "is_loopback", "load", "may_explain",
+           "check_fhir_server", "check_startup", "development_caller", "development_open", "is_loopback", "load", "may_explain",
            "normalise_url", "under_prefix"]

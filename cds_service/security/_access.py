@@ -22,14 +22,23 @@ FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 
 def development_open(config: SecurityConfig) -> bool:
-    """Bound to loopback with no trusted issuer: the developer's own machine."""
-    return config.loopback and not config.issuers
+    """Bound to loopback with no trusted issuer (and not told to accept strangers): the
+    developer's own machine."""
+    return config.loopback and not config.issuers and not config.allow_insecure
 
 
-def check_fhir_server(config: SecurityConfig, iss: str | None, server: Any) -> None:
+def development_caller(config: SecurityConfig, peer: str, headers: Any) -> bool:
+    """A call on a development server from a loopback peer that is not a proxy forwarding
+    someone else's call (a proxy says so in X-Forwarded-For, Forwarded or X-Real-IP)."""
+    return development_open(config) and is_loopback(peer) and \
+        not any(headers.get(name) for name in FORWARDING_HEADERS)
+
+
+def check_fhir_server(config: SecurityConfig, iss: str | None, server: Any, development: bool = False) -> None:
     """Refuse (4xx, field fhirServer) a fhirServer this caller may not name; None: absent.
 
-    `iss` is the authenticated issuer, None for a call without a token."""
+    `iss` is the authenticated issuer, None for a call without a token; `development`:
+    development_caller() said yes (then any normalised http(s) URL is fetched)."""
     if server is None:
         return
     if not isinstance(server, str):
@@ -38,11 +47,13 @@ def check_fhir_server(config: SecurityConfig, iss: str | None, server: Any) -> N
         normalise_url(server)
     except UnsafeUrl as exc:
         raise InvalidRequest(f"fhirServer: refused: {exc}", field="fhirServer") from None
+    if any(under_prefix(server, prefix) for prefix in config.fhir_servers):
+        return  # [security] fhir_servers: any caller may name these
     if iss is None:
-        if development_open(config):
+        if development and development_open(config):
             return
-        raise Forbidden("fhirServer: a call without a bearer JWT may not name a fhirServer "
-                        "(only the FHIR servers a trusted issuer lists in fhir_servers are fetched)",
+        raise Forbidden("fhirServer: a call without a bearer JWT may not name this fhirServer "
+                        "(only those in fhir_servers of [security] or of a trusted issuer are fetched)",
                         field="fhirServer")
     issuer = config.issuers.get(iss)
     if issuer is not None and any(under_prefix(server, prefix) for prefix in issuer.fhir_servers):
@@ -58,6 +69,4 @@ def may_explain(config: SecurityConfig, iss: str | None, peer: str, headers: Any
     if iss is not None:
         issuer = config.issuers.get(iss)
         return issuer is not None and issuer.explain
-    if not development_open(config) or not is_loopback(peer):
-        return False
-    return not any(headers.get(name) for name in FORWARDING_HEADERS)
+    return development_caller(config, peer, headers)

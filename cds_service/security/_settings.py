@@ -15,6 +15,7 @@
     jwks_file = "ehr-jwks.json"        # or jwks = { keys = [...] } inline, or jwks_url = "https://..."
     jku_prefixes = ["https://ehr.example.org/.well-known/"]   # where a token's jku may point
     fhir_servers = ["https://ehr.example.org/fhir/"]  # the fhirServer URLs its calls may name
+                                       # ([security] fhir_servers: what any caller may name)
     explain = false                    # its calls may ask for the explain trace
 
 Off loopback, with trusted issuers, public_base_url (or public_base_urls) is required: the
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 # CDS Hooks 2.0 forbids `none` and every symmetric (HMAC) algorithm: only these verify.
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 KEYS = {"require_token", "allow_insecure", "leeway", "max_lifetime", "algorithms", "jwks_ttl",
-        "jwks_timeout", "jwks_refetch_interval", "issuers"}
+        "jwks_timeout", "jwks_refetch_interval", "issuers", "fhir_servers"}
 ISSUER_KEYS = {"iss", "jwks", "jwks_file", "jwks_url", "jku_prefixes", "fhir_servers", "explain"}
 
 
@@ -72,6 +73,7 @@ class SecurityConfig:
     jwks_timeout: float = 5.0
     jwks_refetch_interval: float = 30.0
     public_base_urls: tuple[str, ...] = ()  # what aud may name (each + the path called)
+    fhir_servers: tuple[str, ...] = ()  # fhirServer prefixes any caller may name (even without a token)
 
 
 def is_loopback(host: str) -> bool:
@@ -111,12 +113,14 @@ def load(settings: Settings) -> SecurityConfig:
                 ("jwks_refetch_interval", 30))}
     flags = {k: _flag(table, k, problems) for k in ("require_token", "allow_insecure")}
     bases = _public_bases(settings, problems)
+    shared_servers = _fhir_servers(table.get("fhir_servers", []), "security.fhir_servers", problems)
     if problems:
         raise ConfigurationError("security configuration refused:\n" + "\n".join(f"  - {p}" for p in problems))
     loopback = is_loopback(settings.host)
     require = flags["require_token"] if "require_token" in table else not (loopback or flags["allow_insecure"])
     config = SecurityConfig(issuers=issuers, require_token=require, allow_insecure=flags["allow_insecure"],
-                            loopback=loopback, algorithms=algorithms, public_base_urls=bases, **numbers)
+                            loopback=loopback, algorithms=algorithms, public_base_urls=bases,
+                            fhir_servers=shared_servers, **numbers)
     check_startup(settings, config)
     return config
 
@@ -193,12 +197,18 @@ def _fhir_servers(value: Any, where: str, problems: list[str]) -> tuple[str, ...
         return ()
     servers = []
     for prefix in value:
-        problem = url_problem(prefix, need_path=True)
-        if problem is None:
-            try:
-                servers.append(normalise_url(prefix))
-            except UnsafeUrl as exc:
-                problem = str(exc)
+        # http is allowed anywhere (a FHIR server inside the same network): the EHR chose it
+        problem = None
+        try:
+            normal = normalise_url(prefix)
+            if urlsplit(prefix).query or urlsplit(prefix).fragment:
+                problem = "must not have a query or fragment"
+            elif not urlsplit(prefix).path.startswith("/"):
+                problem = "must include the host's trailing '/' (and any path)"
+            else:
+                servers.append(normal)
+        except UnsafeUrl as exc:
+            problem = str(exc)
         if problem:
             problems.append(f"{where}: '{prefix}' {problem}")
     return tuple(servers)
