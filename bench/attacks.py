@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+from werkzeug.wrappers import Response  # noqa: E402
 
 from tests.support.fhir_server import FhirServer, FhirStore  # noqa: E402
 from tests.support.requests_ import order_sign  # noqa: E402
@@ -121,9 +124,6 @@ class KeyServer:
     """Serves an empty JWK Set at any path; counts downloads."""
 
     def __init__(self) -> None:
-        from werkzeug.serving import make_server
-        from werkzeug.wrappers import Response
-
         self.downloads = 0
 
         def app(environ, start_response):
@@ -260,8 +260,6 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="", help="comma-separated attack names")
     args = parser.parse_args()
-    import logging
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log of the bench's own servers
 
     pair = KeyPair.make("ES384")
