@@ -8,6 +8,7 @@ inside it, module imports form no cycle, and no import hides inside a function.
 from __future__ import annotations
 
 import ast
+import logging
 import pkgutil
 from pathlib import Path
 
@@ -27,7 +28,15 @@ def graph() -> grimp.ImportGraph:
 
 
 def test_the_import_linter_contracts_hold(capsys):
-    status = lint_imports(no_cache=True, no_logo=True)
+    # lint_imports() calls logging.config.dictConfig, which disables every logger that
+    # exists (the service's): later tests reading caplog would see nothing. Restore them.
+    loggers = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    disabled = {logger: logger.disabled for logger in loggers}
+    try:
+        status = lint_imports(no_cache=True, no_logo=True)
+    finally:
+        for logger, was in disabled.items():
+            logger.disabled = was
     out = capsys.readouterr().out
     assert status == 0, out
     assert "Contracts: 4 kept, 0 broken." in out
