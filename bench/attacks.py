@@ -254,6 +254,53 @@ def run_attack(name: str, service: Service, pair: KeyPair, fhir: str, attack: Ca
     return Row(name, sent, outcome, seen)
 
 
+def jwt_matrix(service: Service, pair: KeyPair) -> list[tuple[str, str, int, bool]]:
+    """The token matrix of tests/test_security.py against the multi-worker server: each
+    case on discovery, a service call and feedback; (case, endpoint, status, as expected)."""
+    impostor = KeyPair.make("ES384", kid=pair.kid)
+    stranger = KeyPair.make("ES384", kid="never-published")
+    hs_secret = pair.public_pem()
+    endpoints = {"discovery": ("GET", "/cds-services"), "service": ("POST", SIGN),
+                 "feedback": ("POST", SIGN + "/feedback")}
+
+    def cases(aud: str) -> dict[str, tuple[str, bool]]:
+        now = int(time.time())
+        return {
+            "valid": (pair.sign(claims(ISS, aud)), True),
+            "alg none": (handmade({"alg": "none", "typ": "JWT", "kid": pair.kid}, claims(ISS, aud), None), False),
+            "HS256 keyed with the public key": (
+                handmade({"alg": "HS256", "typ": "JWT", "kid": pair.kid}, claims(ISS, aud), hs_secret), False),
+            "wrong aud": (pair.sign(claims(ISS, service.base + "/cds-services/another")), False),
+            "expired": (pair.sign(claims(ISS, aud, iat=now - 400, exp=now - 120)), False),
+            "iat in the future": (pair.sign(claims(ISS, aud, iat=now + 600, exp=now + 900)), False),
+            "unknown iss": (pair.sign(claims("https://stranger.example.net", aud)), False),
+            "unknown kid": (stranger.sign(claims(ISS, aud)), False),
+            "jku off the allow-list": (pair.sign(claims(ISS, aud), jku="https://attacker.example.net/jwks.json"), False),
+            "same kid, other key": (impostor.sign(claims(ISS, aud)), False),
+            "no jti": (pair.sign(claims(ISS, aud, jti=None)), False),
+            "lifetime too long": (pair.sign(claims(ISS, aud, exp=now + 86400)), False),
+            "not a JWT": ("not-a-jwt", False),
+        }
+
+    results = []
+    for endpoint, (method, path) in endpoints.items():
+        for case, (token, accept) in cases(service.base + path).items():
+            if endpoint == "service":
+                body: dict | None = hook_body("http://127.0.0.1:1/unused")
+                body.pop("fhirServer")  # type: ignore[union-attr]
+                body["prefetch"] = {"patient": PATIENT}  # type: ignore[index]
+            elif endpoint == "feedback":
+                body = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+                                      "outcomeTimestamp": "2026-06-15T12:00:00Z"}]}
+            else:
+                body = None
+            r = requests.request(method, service.base + path, json=body, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"})
+            # a refusal is 401; an accepted service call may still be 412 (prefetch incomplete)
+            results.append((case, endpoint, r.status_code, (r.status_code != 401) == accept))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20, help="attack requests per attack (where it is a count)")
@@ -405,7 +452,9 @@ def main() -> int:
     }
     chosen = [a for a in args.only.split(",") if a] or list(attacks)
     rows = []
+    matrix: list[tuple[str, str, int, bool]] = []
     try:
+        matrix = jwt_matrix(service, pair)
         rows.append(run_attack("baseline (no attack)", service, pair, fhir, lambda: (0, "-")))
         for name in chosen:
             try:
@@ -426,6 +475,11 @@ def main() -> int:
     for row in rows:
         print(f"| {row.name:<22} | {row.sent:>4} | {len(row.seen.latencies):>11} | {row.seen.errors:>6} | "
               f"{row.seen.p95():>8.0f} | {row.outcome}")
+    wrong = [m for m in matrix if not m[3]]
+    print(f"\nJWT matrix on the {args.workers}-worker server: {len(matrix) - len(wrong)}/{len(matrix)} as expected "
+          f"({len({m[0] for m in matrix})} cases x 3 endpoints; refusals 401, the valid token accepted)")
+    for case, endpoint, status, _ in wrong:
+        print(f"  NOT AS EXPECTED: {case} on {endpoint}: HTTP {status}")
     return 0
 
 
