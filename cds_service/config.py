@@ -73,6 +73,9 @@ class Settings:
     # The URL callers use to reach the service (scheme, host, port, any path prefix); the
     # JWT audience is built from it. Empty: from the request URL (fine without a proxy).
     public_base_url: str = ""
+    # More URLs the service is reached at (an internal and an external name): aud may name any.
+    # Off loopback with trusted issuers, public_base_url or this is required.
+    public_base_urls: tuple[str, ...] = ()
     data_dir: str = "./data"  # the SQLite feedback database lives here
     database_url: str = ""  # postgresql://... : feedback in PostgreSQL instead of SQLite
     feedback_queue_size: int = 10000  # writes waiting for the background writer

@@ -21,6 +21,8 @@
     │                             (the write stays queued; the client's retry is idempotent)
     ├── StoreRejected             the feedback database refused rows: our bug -> HTTP 500
     ├── ScenarioError             a scenario file is unusable (mm-cds test/explain, the page)
+    ├── UnsafeUrl                 (security) a URL that cannot be compared safely: userinfo,
+    │                             '.'/'..' segments, percent-encoded dots, not http(s)
     ├── ArtifactError             raised while compiling one expression or template, mapped by
     │   │                         the loader to a Problem (file, id, element) in KnowledgeError
     │   ├── FhirPathSyntaxError   (fhirpath) an expression does not parse
@@ -84,6 +86,10 @@ class StoreRejected(CdsError):
 
 class ScenarioError(CdsError, ValueError):
     """A scenario file names what does not exist or cannot be read as a scenario."""
+
+
+class UnsafeUrl(CdsError, ValueError):
+    """A URL the allow-lists refuse to compare: userinfo, dot segments, encoded dots, ..."""
 
 
 class RequestError(CdsError):

@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cds_service import cli, config, create_app, security, web
-from cds_service.errors import ConfigurationError
+from cds_service.errors import ConfigurationError, UnsafeUrl
 
 from .conftest import NOW
 from .support.requests_ import empty_prefetch, order_sign
@@ -168,14 +168,44 @@ def test_a_valid_token_is_accepted(secured, kb, keys, alg, endpoint):
         assert {c["source"]["topic"]["code"] for c in response.get_json()["cards"]} >= {"SEQ-1", "SCR-1", "SCR-3"}
 
 
-def test_aud_as_an_array_and_from_the_request_url_without_a_public_base(kb, keys):
-    app = make_app(kb, base="", **trusted(keys))
+def test_aud_as_an_array_and_from_the_request_url_on_loopback_without_a_public_base(kb, keys):
+    app = make_app(kb, host="127.0.0.1", base="", **trusted(keys))
     client = app.test_client()  # the test client calls http://localhost
     token = keys["ES384"].sign(claims(ISS, ["https://other.example.org/x", "http://localhost/cds-services"]))
     assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     token = keys["ES384"].sign(claims(ISS, BASE + "/cds-services"))  # the public URL, but none is configured
     assert_refused(client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}),
                    "is not this endpoint's URL 'http://localhost/cds-services'")
+
+
+def test_off_loopback_with_issuers_a_public_base_url_is_required_at_startup(kb, keys):
+    with pytest.raises(ConfigurationError, match="public_base_url: required when listening on 0.0.0.0"):
+        make_app(kb, base="", **trusted(keys))
+
+
+def test_a_forged_host_never_makes_a_token_for_another_service_acceptable(kb, keys):
+    """Issue 10.5: aud was checked against the Host header when public_base_url was unset."""
+    other = "https://other-service.example.org"
+    forged = {"Host": "other-service.example.org", "X-Forwarded-Proto": "https"}
+    loopback = make_app(kb, host="127.0.0.1", base="", **trusted(keys)).test_client()
+    token = keys["ES384"].sign(claims(ISS, other + "/cds-services"))
+    assert_refused(loopback.get("/cds-services", base_url=other, headers={"Authorization": f"Bearer {token}", **forged}),
+                   "is not a loopback name and public_base_url is not set")
+    public = make_app(kb, **trusted(keys)).test_client()
+    token = keys["ES384"].sign(claims(ISS, other + "/cds-services"))
+    assert_refused(public.get("/cds-services", base_url=other, headers={"Authorization": f"Bearer {token}", **forged}),
+                   f"is not this endpoint's URL '{BASE}/cds-services'")
+
+
+def test_public_base_urls_lists_every_url_the_service_is_reached_at(kb, keys):
+    settings = {"host": "0.0.0.0", "public_base_urls": [BASE, "https://cds.internal.example.org/mm/"],
+                "security": trusted(keys)}
+    client = create_app(settings, kb=kb, clock=lambda: NOW).test_client()
+    for base in (BASE, "https://cds.internal.example.org/mm"):
+        token = keys["ES384"].sign(claims(ISS, base + "/cds-services"))
+        assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    token = keys["ES384"].sign(claims(ISS, "https://cds.elsewhere.example.org/cds-services"))
+    assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
 def test_preflight_and_probe_paths_need_no_token(secured):
@@ -322,6 +352,7 @@ def test_the_security_table_loads_from_the_settings_file(tmp_path, keys):
     (tmp_path / "ehr-jwks.json").write_text(json.dumps({"keys": [keys["ES384"].public_jwk()]}))
     (tmp_path / "settings.toml").write_text(f'''
 host = "0.0.0.0"
+public_base_url = "https://cds.example.org"
 [security]
 leeway = 30
 [[security.issuers]]
@@ -347,18 +378,193 @@ def test_the_sandbox_example_trusts_the_published_sandbox_key():
 
 
 # -- explain ------------------------------------------------------------------------------
-def test_explain_needs_authentication_or_a_loopback_caller(kb, keys):
-    open_app = make_app(kb, host="127.0.0.1", **trusted(keys))
-    client = open_app.test_client()
-    local = call(client, kb, "service", query="?explain=1")
-    assert local.status_code == 200 and "org.myeloma-cds.explain" in local.get_json()["extension"]
-    remote = call(client, kb, "service", remote="203.0.113.9", query="?explain=1")
-    assert remote.status_code == 200  # answered, with the same cards, but without the trace
-    assert "extension" not in remote.get_json()
-    assert codes(remote.get_json()) == codes(local.get_json()) and codes(local.get_json())
-    token = keys["ES384"].sign(claims(ISS, _url("service")))
-    authed = call(client, kb, "service", token=token, remote="203.0.113.9", query="?explain=1")
-    assert authed.status_code == 200 and "org.myeloma-cds.explain" in authed.get_json()["extension"]
+def test_explain_goes_only_to_issuers_the_configuration_names(kb, keys):
+    """Issue 10.7: any authenticated caller, and any loopback peer, got the trace."""
+    named = make_app(kb, host="127.0.0.1", **trusted(keys, explain=True)).test_client()
+    unnamed = make_app(kb, host="127.0.0.1", **trusted(keys)).test_client()
+    for client, expected in ((named, True), (unnamed, False)):
+        token = keys["ES384"].sign(claims(ISS, _url("service")))
+        authed = call(client, kb, "service", token=token, remote="203.0.113.9", query="?explain=1")
+        assert authed.status_code == 200 and ("extension" in authed.get_json()) is expected
+    # with trusted issuers, a loopback caller without a token is nobody the configuration names
+    assert "extension" not in call(named, kb, "service", query="?explain=1").get_json()
+
+
+def test_explain_on_a_development_loopback_server_but_never_through_a_proxy(kb):
+    client = make_app(kb, host="127.0.0.1", base="").test_client()
+    assert "extension" in call(client, kb, "service", query="?explain=1").get_json()
+    assert "extension" not in call(client, kb, "service", remote="203.0.113.9", query="?explain=1").get_json()
+    method, path = ENDPOINTS["service"]
+    prefetch = empty_prefetch(kb.services["mm-tcell-order-sign"].discovery(), {"resourceType": "Patient", "id": "p1"})
+    for header in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"}, {"X-Real-IP": "203.0.113.9"}):
+        proxied = client.post(path + "?explain=1", json=order_sign(prefetch=prefetch), headers=header,
+                              environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert proxied.status_code == 200 and "extension" not in proxied.get_json(), header
+
+
+# -- fhirServer allow-list (issue 10.1) ---------------------------------------------------
+class Recorder:
+    """A loopback HTTP server that answers 404 to everything and records what it was asked."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str | None]] = []
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self.base = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _wsgi(self, environ, start_response):
+        request = Request(environ)
+        self.requests.append((request.full_path, request.headers.get("Authorization")))
+        return Response("{}", status=404, content_type="application/fhir+json")(environ, start_response)
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture()
+def target():
+    server = Recorder()
+    yield server
+    server.close()
+
+
+def hook_call(client, token: str | None, server: str, remote: str = "203.0.113.9"):
+    body = order_sign()  # no prefetch: everything would be fetched from fhirServer
+    body["fhirServer"] = server
+    body["fhirAuthorization"] = {"access_token": "ehr-access-token", "token_type": "Bearer", "expires_in": 300,
+                                 "scope": "user/*.read", "subject": "mm-cds"}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post(SIGN, json=body, headers=headers, environ_base={"REMOTE_ADDR": remote})
+
+
+def ssrf_targets(target) -> list[str]:
+    port = target.base.rsplit(":", 1)[1]
+    return [
+        f"http://127.0.0.1:{port}/internal/",           # another loopback port (not listed)
+        f"http://0.0.0.0:{port}/fhir",                  # every interface
+        f"http://2130706433:{port}/fhir",               # 127.0.0.1 as one decimal number
+        f"http://localhost:{port}/fhir",                # the same host, another name
+        f"{target.base}/fhir/../internal",              # climbs out of the prefix
+        f"{target.base}/fhir/%2e%2e/internal",          # the same, percent-encoded
+        f"{target.base}/fhir/./x",
+        f"http://user:pw@127.0.0.1:{port}/fhir",        # userinfo
+        f"{target.base}/fhirevil",                      # a longer name, not a path below
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:25/",
+    ]
+
+
+def test_an_issuer_may_send_only_its_fhir_servers_and_nothing_else_is_fetched(kb, keys, target):
+    app = make_app(kb, **trusted(keys, fhir_servers=[target.base + "/fhir"]))
+    client = app.test_client()
+    for server in ssrf_targets(target):
+        response = call_with(client, keys, server)
+        assert response.status_code in (400, 403), (server, response.get_data(as_text=True))
+        issue = response.get_json()["issue"][0]
+        assert response.get_json()["resourceType"] == "OperationOutcome" and issue["expression"] == ["fhirServer"]
+        assert "fhirServer" in issue["diagnostics"]
+    assert target.requests == []  # nothing fetched, the caller's access token sent nowhere
+    # the listed server and below it: fetched (case and default ports: test_urls_are_normalised)
+    for allowed in (target.base + "/fhir", target.base + "/fhir/", target.base + "/fhir/r4"):
+        response = call_with(client, keys, allowed)
+        assert response.status_code == 412, (allowed, response.get_data(as_text=True))
+    assert target.requests and all(path.startswith("/fhir/") for path, _ in target.requests)
+
+
+def call_with(client, keys, server: str):
+    return hook_call(client, keys["ES384"].sign(claims(ISS, _url("service"))), server)
+
+
+def test_an_issuer_without_fhir_servers_may_name_none_and_a_call_without_a_token_neither(kb, keys, target):
+    client = make_app(kb, **trusted(keys)).test_client()
+    response = call_with(client, keys, target.base + "/fhir")
+    assert response.status_code == 403 and "its fhir_servers" in response.get_json()["issue"][0]["diagnostics"]
+    loopback = make_app(kb, host="127.0.0.1", **trusted(keys, fhir_servers=[target.base + "/fhir"])).test_client()
+    response = hook_call(loopback, None, target.base + "/fhir", remote="127.0.0.1")
+    assert response.status_code == 403 and "without a bearer JWT may not name" in response.get_json()["issue"][0]["diagnostics"]
+    assert target.requests == []
+
+
+def test_the_development_default_is_permissive_and_says_so(kb, target, caplog):
+    client = make_app(kb, host="127.0.0.1", base="").test_client()
+    assert any(getattr(r, "event", None) == "security_fhir_open" for r in caplog.records)
+    response = hook_call(client, None, target.base + "/any/", remote="127.0.0.1")
+    assert response.status_code == 412 and target.requests
+    # still normalised: dot segments and userinfo are refused even here
+    assert hook_call(client, None, target.base + "/a/../b", remote="127.0.0.1").status_code == 400
+
+
+@pytest.mark.parametrize("url, normal", [
+    ("HTTPS://EHR.Example.ORG:443/fhir", "https://ehr.example.org/fhir"),
+    ("http://127.0.0.1:80/fhir/", "http://127.0.0.1/fhir/"),
+    ("https://ehr.example.org", "https://ehr.example.org/"),
+    ("http://[::1]:8080/r4", "http://[::1]:8080/r4"),
+])
+def test_urls_are_normalised(url, normal):
+    assert security.normalise_url(url) == normal
+
+
+@pytest.mark.parametrize("url", ["https://u@ehr.example.org/", "https://ehr.example.org/a/../b", "https://ehr.example.org/./b",
+                                 "https://ehr.example.org/a/%2E%2E/b", "https://ehr.example.org/a%2fb", "ftp://x/",
+                                 "https://ehr.example.org\\@evil/", "https:///nohost", "http://ehr.example.org:99999/"])
+def test_urls_that_could_be_read_two_ways_are_refused(url):
+    with pytest.raises(UnsafeUrl):
+        security.normalise_url(url)
+
+
+def test_fhir_servers_prefixes_are_checked_at_startup(kb):
+    with pytest.raises(ConfigurationError, match="fhir_servers: 'https://ehr.example.org' must include"):
+        make_app(kb, host="127.0.0.1", issuers=[{"iss": ISS, "jku_prefixes": ["https://ehr.example.org/k/"],
+                                                  "fhir_servers": ["https://ehr.example.org"]}])
+
+
+# -- jku flood (issue 10.6) ---------------------------------------------------------------
+def unsigned(kid: str, jku: str, aud: str, **changes) -> str:
+    return handmade({"alg": "ES384", "typ": "JWT", "kid": kid, "jku": jku}, claims(ISS, aud, **changes), None)
+
+
+def test_a_jku_flood_of_unsigned_tokens_causes_at_most_one_download(kb, key_server):
+    app = make_app(kb, issuers=[{"iss": ISS, "jku_prefixes": [key_server.base + "/keys/"]}])
+    client = app.test_client()
+    for i in range(100):
+        token = unsigned(f"kid-{i}", f"{key_server.base}/keys/{i}/jwks.json", BASE + "/cds-services")
+        assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert len(key_server.paths) <= 1, key_server.paths[:5]
+
+
+def test_a_token_that_fails_without_the_key_never_downloads(kb, key_server):
+    app = make_app(kb, issuers=[{"iss": ISS, "jku_prefixes": [key_server.base + "/keys/"]}], jwks_refetch_interval=0)
+    client = app.test_client()
+    jku = key_server.base + "/keys/jwks.json"
+    now = claims(ISS, "x")["iat"]
+    for token, reason in (
+        (unsigned("k", jku, "https://elsewhere.example.org/cds-services"), "is not this endpoint's URL"),
+        (unsigned("k", jku, BASE + "/cds-services", exp=now - 600), "token expired"),
+        (unsigned("k", jku, BASE + "/cds-services", iat=now + 600, exp=now + 900), "issued in the future"),
+        (unsigned("k", jku, BASE + "/cds-services", jti=None), "claim 'jti' is required"),
+        (unsigned("k", jku, BASE + "/cds-services", exp=now + 86400), "lifetime"),
+        (unsigned("k", key_server.base + "/other/jwks.json", BASE + "/cds-services"), "not on the allow-list"),
+    ):
+        assert_refused(client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}), reason)
+    assert key_server.paths == []
+
+
+def test_a_known_kid_is_used_whatever_jku_names_and_the_key_cache_is_bounded(kb, key_server):
+    pair = KeyPair.make("ES384")
+    key_server.jwks = {"keys": [pair.public_jwk()]}
+    app = make_app(kb, issuers=[{"iss": ISS, "jku_prefixes": [key_server.base + "/keys/"]}], jwks_refetch_interval=0)
+    client = app.test_client()
+    first = pair.sign(claims(ISS, BASE + "/cds-services"), jku=key_server.base + "/keys/jwks.json")
+    assert client.get("/cds-services", headers={"Authorization": f"Bearer {first}"}).status_code == 200
+    for i in range(20):  # a known kid: no download, whatever (allowed) jku the token names
+        token = pair.sign(claims(ISS, BASE + "/cds-services"), jku=f"{key_server.base}/keys/{i}/jwks.json")
+        assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert key_server.paths == ["/keys/jwks.json"]
+    key_server.jwks = {"keys": [KeyPair.make("ES256", kid=f"k{i}").public_jwk() for i in range(500)]}
+    token = unsigned("absent", key_server.base + "/keys/jwks.json", BASE + "/cds-services")
+    client.get("/cds-services", headers={"Authorization": f"Bearer {token}"})
+    keystore = web.state_of(app).security.verifier.keys
+    assert keystore.cached_keys(ISS) <= 64
 
 
 def test_refusals_are_logged_without_the_token(secured, kb, keys, caplog):
@@ -367,3 +573,14 @@ def test_refusals_are_logged_without_the_token(secured, kb, keys, caplog):
     refused = [r for r in caplog.records if getattr(r, "event", None) == "auth_refused"]
     assert refused and "is not this endpoint's URL" in refused[0].reason
     assert token not in caplog.text and token.split(".")[2] not in caplog.text
+
+
+def test_security_fhir_servers_are_open_to_every_caller_and_http_is_allowed_there(kb, target):
+    """The compose demo: allow_insecure, no issuer, one FHIR server any caller may name."""
+    client = make_app(kb, base="", allow_insecure=True, fhir_servers=[target.base + "/fhir"]).test_client()
+    assert hook_call(client, None, target.base + "/fhir").status_code == 412 and target.requests
+    seen = len(target.requests)
+    assert hook_call(client, None, target.base + "/admin").status_code == 403
+    assert len(target.requests) == seen
+    settings = config.load(environ={"MM_CDS_CONFIG": str(ROOT / "deploy/compose.toml")})
+    assert security.load(settings).fhir_servers == ("http://hapi:8080/fhir",)

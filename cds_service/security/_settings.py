@@ -8,12 +8,18 @@
     algorithms = ["ES384", "RS384"]   # a subset of ASYMMETRIC; default: all of them
     jwks_ttl = 300             # seconds a JWKS downloaded from a URL is reused
     jwks_timeout = 5.0         # seconds for one JWKS download
-    jwks_refetch_interval = 30 # at least this many seconds between two downloads of one URL
+    jwks_refetch_interval = 30 # at least this many seconds between two key-set downloads per issuer
 
     [[security.issuers]]
     iss = "https://ehr.example.org"
     jwks_file = "ehr-jwks.json"        # or jwks = { keys = [...] } inline, or jwks_url = "https://..."
     jku_prefixes = ["https://ehr.example.org/.well-known/"]   # where a token's jku may point
+    fhir_servers = ["https://ehr.example.org/fhir/"]  # the fhirServer URLs its calls may name
+                                       # ([security] fhir_servers: what any caller may name)
+    explain = false                    # its calls may ask for the explain trace
+
+Off loopback, with trusted issuers, public_base_url (or public_base_urls) is required: the
+JWT aud is checked against it, never against the request's Host header.
 
 Everything is validated here, before the service starts: a problem raises
 ConfigurationError naming the key, so a typo never silently weakens authentication.
@@ -30,16 +36,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.config import Settings
-from cds_service.errors import ConfigurationError
+from cds_service.errors import ConfigurationError, UnsafeUrl
+from cds_service.security._urls import normalise_url
 
 log = logging.getLogger(__name__)
 
 # CDS Hooks 2.0 forbids `none` and every symmetric (HMAC) algorithm: only these verify.
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 KEYS = {"require_token", "allow_insecure", "leeway", "max_lifetime", "algorithms", "jwks_ttl",
-        "jwks_timeout", "jwks_refetch_interval", "issuers",
+        "jwks_timeout", "jwks_refetch_interval", "issuers", "fhir_servers",
         "admin_token"}  # the /admin/reload credential: checked and used by ops (issue 10 item 8)
-ISSUER_KEYS = {"iss", "jwks", "jwks_file", "jwks_url", "jku_prefixes"}
+ISSUER_KEYS = {"iss", "jwks", "jwks_file", "jwks_url", "jku_prefixes", "fhir_servers", "explain"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class Issuer:
     keys: tuple[dict[str, Any], ...] = ()  # from `jwks` or `jwks_file`, read at start-up
     jwks_url: str | None = None
     jku_prefixes: tuple[str, ...] = ()
+    fhir_servers: tuple[str, ...] = ()  # normalised prefixes of the fhirServer it may send
+    explain: bool = False  # its calls may receive the explain trace
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class SecurityConfig:
     jwks_ttl: float = 300.0
     jwks_timeout: float = 5.0
     jwks_refetch_interval: float = 30.0
+    public_base_urls: tuple[str, ...] = ()  # what aud may name (each + the path called)
+    fhir_servers: tuple[str, ...] = ()  # fhirServer prefixes any caller may name (even without a token)
 
 
 def is_loopback(host: str) -> bool:
@@ -102,14 +113,15 @@ def load(settings: Settings) -> SecurityConfig:
                (("leeway", 60), ("max_lifetime", 3600), ("jwks_ttl", 300), ("jwks_timeout", 5),
                 ("jwks_refetch_interval", 30))}
     flags = {k: _flag(table, k, problems) for k in ("require_token", "allow_insecure")}
-    if settings.public_base_url and urlsplit(settings.public_base_url).scheme not in ("http", "https"):
-        problems.append(f"public_base_url: '{settings.public_base_url}' must be an http(s) URL (the JWT aud is built from it)")
+    bases = _public_bases(settings, problems)
+    shared_servers = _fhir_servers(table.get("fhir_servers", []), "security.fhir_servers", problems)
     if problems:
         raise ConfigurationError("security configuration refused:\n" + "\n".join(f"  - {p}" for p in problems))
     loopback = is_loopback(settings.host)
     require = flags["require_token"] if "require_token" in table else not (loopback or flags["allow_insecure"])
     config = SecurityConfig(issuers=issuers, require_token=require, allow_insecure=flags["allow_insecure"],
-                            loopback=loopback, algorithms=algorithms, **numbers)
+                            loopback=loopback, algorithms=algorithms, public_base_urls=bases,
+                            fhir_servers=shared_servers, **numbers)
     check_startup(settings, config)
     return config
 
@@ -120,7 +132,15 @@ def check_startup(settings: Settings, config: SecurityConfig) -> None:
         if not config.issuers:
             log.warning("no trusted JWT issuers: bound to loopback, calls without a token are accepted",
                         extra={"event": "security_loopback_open", "host": settings.host})
+            log.warning("development default: any http(s) fhirServer a call names is fetched, and loopback "
+                        "callers without forwarding headers get the explain trace (list [[security.issuers]] "
+                        "with fhir_servers to restrict)", extra={"event": "security_fhir_open", "host": settings.host})
         return
+    if config.issuers and not config.public_base_urls:
+        raise ConfigurationError(
+            f"public_base_url: required when listening on {settings.host or '(every interface)'} with trusted "
+            "JWT issuers: the URL clients call (or public_base_urls, a list), against which the JWT aud is "
+            "checked (never the request's Host header)")
     if not config.issuers and not config.allow_insecure:
         raise ConfigurationError(
             f"refusing to listen on {settings.host or '(every interface)'} without a trusted JWT issuer: "
@@ -151,6 +171,11 @@ def _issuer(raw: Any, where: str, base: Path, problems: list[str]) -> Issuer | N
         problem = url_problem(prefix, need_path=True)
         if problem:
             problems.append(f"{where}.jku_prefixes: '{prefix}' {problem}")
+    servers = _fhir_servers(raw.get("fhir_servers", []), f"{where}.fhir_servers", problems)
+    explain = raw.get("explain", False)
+    if not isinstance(explain, bool):
+        problems.append(f"{where}.explain: must be true or false")
+        explain = False
     if not sources and not prefixes:
         problems.append(f"{where}: no keys: give jwks, jwks_file or jwks_url, or jku_prefixes")
     keys: tuple[dict[str, Any], ...] = ()
@@ -163,7 +188,44 @@ def _issuer(raw: Any, where: str, base: Path, problems: list[str]) -> Issuer | N
         problem = url_problem(url) if isinstance(url, str) else "must be a URL string"
         if problem:
             problems.append(f"{where}.jwks_url: {problem}")
-    return Issuer(iss=iss, keys=keys, jwks_url=url, jku_prefixes=tuple(prefixes))
+    return Issuer(iss=iss, keys=keys, jwks_url=url, jku_prefixes=tuple(prefixes), fhir_servers=servers,
+                  explain=explain)
+
+
+def _fhir_servers(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        problems.append(f"{where}: must be an array of URL prefixes")
+        return ()
+    servers = []
+    for prefix in value:
+        # http is allowed anywhere (a FHIR server inside the same network): the EHR chose it
+        problem = None
+        try:
+            normal = normalise_url(prefix)
+            if urlsplit(prefix).query or urlsplit(prefix).fragment:
+                problem = "must not have a query or fragment"
+            elif not urlsplit(prefix).path.startswith("/"):
+                problem = "must include the host's trailing '/' (and any path)"
+            else:
+                servers.append(normal)
+        except UnsafeUrl as exc:
+            problem = str(exc)
+        if problem:
+            problems.append(f"{where}: '{prefix}' {problem}")
+    return tuple(servers)
+
+
+def _public_bases(settings: Settings, problems: list[str]) -> tuple[str, ...]:
+    """public_base_url and public_base_urls, each an http(s) URL, without a trailing '/'."""
+    given = ([settings.public_base_url] if settings.public_base_url else []) + list(settings.public_base_urls)
+    bases = []
+    for base in given:
+        name = "public_base_url" if base == settings.public_base_url else "public_base_urls"
+        if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
+            problems.append(f"{name}: '{base}' must be an http(s) URL (the JWT aud is built from it)")
+            continue
+        bases.append(base.rstrip("/"))
+    return tuple(bases)
 
 
 def _jwks_file(value: Any, where: str, base: Path, problems: list[str]) -> tuple[dict[str, Any], ...]:

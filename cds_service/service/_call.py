@@ -10,11 +10,20 @@ from typing import Any
 from cds_service import engine
 from cds_service.data import FetchRecord, FetchSettings, assemble
 from cds_service.engine import IssuedCard, evaluate, render
-from cds_service.errors import InvalidRequest
+from cds_service.errors import DataUnavailable, InvalidRequest
 from cds_service.knowledge import KnowledgeBase, Service
 from cds_service.service import _validation as validation
 
 log = logging.getLogger(__name__)
+
+# What a 412 says about a fetch that failed: its kind, never the target's address, port or
+# error text (a caller naming fhirServer must not learn what answers where: no port scan).
+FAILURE_WORDS = {
+    "timeout": "timeout", "connection": "connection", "http_status": "HTTP error status",
+    "not_json": "the answer is not JSON", "operation_outcome": "answered with an OperationOutcome",
+    "other_server": "a next link outside fhirServer, not followed", "too_large": "answers over the byte limit, fetch_max_bytes",
+    "too_many_pages": "too many pages", "request": "request failed",
+}
 
 
 @dataclass
@@ -45,7 +54,10 @@ def call(
     explain: bool = False,
 ) -> HookOutcome:
     check_request(service, body)
-    assembled = assemble(service, body, now, fetch)
+    try:
+        assembled = assemble(service, body, now, fetch)
+    except DataUnavailable as exc:
+        raise without_network_details(exc) from None
     result = evaluate(service.plan, assembled.data, kb.terminology, explain)
     cards, issued = render(result)
     kept, kept_issued = [], []
@@ -64,3 +76,13 @@ def call(
             service.id, assembled.data, {k: r.as_dict() for k, r in assembled.reports.items()},
             assembled.raw, result, kb.terminology)}
     return HookOutcome(response, kept_issued, dropped=len(cards) - len(kept), fetches=assembled.fetches)
+
+
+def without_network_details(exc: DataUnavailable) -> DataUnavailable:
+    """The 412 of failed fetches, saying per key what kind of failure, nothing more."""
+    failed = {f.key: f.outcome for f in exc.fetches if f.outcome != "ok"}
+    if not failed:
+        return exc  # nothing was fetched (e.g. no fhirServer): the message names keys only
+    detail = "; ".join(f"{key}: could not be fetched ({FAILURE_WORDS.get(kind, 'request failed')})"
+                       for key, kind in sorted(failed.items()))
+    return DataUnavailable(f"required data could not be fetched ({detail})", exc.keys, exc.fetches)

@@ -53,7 +53,7 @@ def create_app(
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
     # The jti replay store is the service's database: shared by every worker and replica.
-    guard = _auth.build_guard(security_config, settings.public_base_url, security.open_replay_guard(settings))
+    guard = _auth.build_guard(security_config, security.open_replay_guard(settings))
     fhirpath.warm_up()
     app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

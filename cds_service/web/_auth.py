@@ -5,8 +5,8 @@ OperationOutcome saying why (see errors_http)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 
@@ -19,7 +19,10 @@ from cds_service.security import (
     TokenVerifier,
     is_loopback,
 )
+from cds_service.security import may_explain as explain_allowed
+from cds_service.web._guard import Guard
 from cds_service.web._request import record
+from cds_service.web._state import state
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +37,15 @@ EXEMPT_METHODS = frozenset({"OPTIONS"})
 JWKS_MAX_BYTES = 1024 * 1024
 
 
-@dataclass
-class Guard:
-    config: SecurityConfig
-    verifier: TokenVerifier
-    public_base_url: str = ""
-
-
-def build_guard(config: SecurityConfig, public_base_url: str, replay: ReplayGuard | None = None) -> Guard:
+def build_guard(config: SecurityConfig, replay: ReplayGuard | None = None) -> Guard:
     keys = KeyStore(config, RequestsTransport(max_bytes=JWKS_MAX_BYTES))
-    return Guard(config, TokenVerifier(config, keys, replay if replay is not None else ReplayGuard()), public_base_url.rstrip("/"))
+    return Guard(config, TokenVerifier(config, keys, replay if replay is not None else ReplayGuard()))
+
+
 
 
 def register(app: Flask, guard: Guard) -> None:
+
     @app.before_request
     def authenticate() -> None:
         record().authenticated = False
@@ -60,22 +59,44 @@ def register(app: Flask, guard: Guard) -> None:
                         extra={"event": "auth_missing_allowed", "path": _route()})
             return
         try:
-            claims = guard.verifier.verify(token, audience(guard))
+            claims = guard.verifier.verify(token, audiences(guard))
         except Unauthenticated as exc:
             _refuse(exc)
         record().authenticated, record().client = True, claims["iss"]
 
 
-def audience(guard: Guard) -> str:
-    """The URL called, as the client should have put it in aud."""
-    base = guard.public_base_url or request.root_url.rstrip("/")
-    return base + request.path
+def audiences(guard: Guard) -> tuple[str, ...]:
+    """The URLs the client may have put in aud: each configured public base + the path.
+
+    Without one (allowed on loopback only), the request's own URL, and only when its Host
+    is a loopback name: a Host header is the caller's text, so a token minted for another
+    service is never accepted by sending that service's name as Host."""
+    if guard.config.public_base_urls:
+        return tuple(base + request.path for base in guard.config.public_base_urls)
+    try:
+        host = urlsplit("//" + request.host).hostname or ""
+    except ValueError:
+        host = ""
+    if not is_loopback(host):
+        raise Unauthenticated(f"aud cannot be checked: the Host '{request.host[:100]}' is not a loopback name "
+                              "and public_base_url is not set")
+    return (request.root_url.rstrip("/") + request.path,)
 
 
 def may_explain() -> bool:
-    """An explain trace shows the reasoning over a patient's data: never to a remote caller
-    who did not authenticate (loopback callers are the developer at the keyboard)."""
-    return record().authenticated or is_loopback(request.remote_addr or "")
+    """An explain trace shows the reasoning over a patient's data: only to an issuer the
+    configuration names, or on a development loopback server to a caller not behind a proxy."""
+    iss = record().client if record().authenticated else None
+    return explain_allowed(guard_config(), iss, request.remote_addr or "", request.headers)
+
+
+def caller() -> str | None:
+    """The authenticated issuer of this request, or None (no token)."""
+    return record().client if record().authenticated else None
+
+
+def guard_config() -> SecurityConfig:
+    return state().security.config
 
 
 def _bearer_token() -> str | None:

@@ -11,9 +11,10 @@ from flask import Blueprint, Response, current_app, request
 
 from cds_service.errors import InvalidRequest, PayloadTooLarge, ServiceNotFound
 from cds_service.feedback import card_rows
+from cds_service.security import check_fhir_server, development_caller
 from cds_service.service import call
 from cds_service.web import _jsonio as jsonio
-from cds_service.web._auth import may_explain
+from cds_service.web._auth import caller, may_explain
 from cds_service.web._request import record
 from cds_service.web._state import state
 
@@ -90,6 +91,11 @@ def call_service(service_id: str) -> Response:
     if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
         # Logged only when it looks like the identifier it should be: it is the caller's text.
         current_record.hook_instance = body["hookInstance"] if _IDENTIFIER.fullmatch(body["hookInstance"]) else "(not an identifier)"
+    if isinstance(body, dict):
+        # Before anything is fetched: the service would send GETs there with the caller's token.
+        config = current.security.config
+        check_fhir_server(config, caller(), body.get("fhirServer"),
+                          development_caller(config, request.remote_addr or "", request.headers))
     explain = current.settings.explain_enabled and _explain_requested() and may_explain()
     now = current.clock()
     outcome = call(kb, service, body, now, current.fetch, explain)

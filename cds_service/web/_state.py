@@ -13,7 +13,7 @@ from cds_service import config
 from cds_service.data import FetchSettings
 from cds_service.feedback import Writer
 from cds_service.knowledge import KnowledgeBase
-from cds_service.web._auth import Guard
+from cds_service.web._guard import Guard
 
 Clock = Callable[[], dt.datetime]
 
