@@ -47,7 +47,7 @@ def create_app(
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
     guard = _auth.build_guard(security.load(settings), settings.public_base_url)
-    kb = kb or knowledge.load(settings.directories, settings.canonical_base)
+    kb = kb or knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
     knowledge.settle()
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
