@@ -169,7 +169,7 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
 
     def run(key: str, target: str) -> list[dict]:
         try:
-            if target.startswith(("http://", "https://")):
+            if target.lower().startswith(("http://", "https://")):
                 return client.follow(target, deadline)
             return client.query(target, deadline)
         finally:
@@ -179,7 +179,8 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
     failures: dict[str, str] = {}
     for key, future in futures.items():
         try:
-            resources = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+            # one grace for the whole call, not one per key
+            resources = future.result(timeout=max(0.0, deadline + 0.05 - time.monotonic()))
         except FutureTimeout:
             future.cancel()
             failures[key] = f"timed out after {fetch.timeout:.1f}s"
