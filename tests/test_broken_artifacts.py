@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,6 @@ def test_all_problems_are_reported_together(tmp_path):
 
 
 def test_a_crd_date_token_in_a_query_pattern_is_refused_unless_prefetch_date_tokens(tmp_path):
-    import shutil
-
     site = tmp_path / "site"
     shutil.copytree(BROKEN / "unsupported-prefetch-token", site)
     library = site / "Library-bad-token.json"

@@ -12,10 +12,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 
 import pytest
 
-from cds_service import scenarios
+from cds_service import create_app, scenarios
 from cds_service.knowledge import MEDICATION_RECORD_TYPES
 
 from .conftest import NOW
@@ -120,8 +121,6 @@ def fhir():
 
 
 def test_medications_are_read_once_each_concurrently_with_the_bearer_token(kb, fhir):
-    from cds_service import create_app
-
     app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     teclistamab = {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}
     fhir.reset([PATIENT, teclistamab] + [administration(f"a{i}", "Medication/tec") for i in range(30)])
@@ -137,8 +136,6 @@ def test_medications_are_read_once_each_concurrently_with_the_bearer_token(kb, f
 
 
 def test_an_ingredient_code_counts_for_value_set_membership(kb, fhir):
-    from cds_service import create_app
-
     app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     kit = {"resourceType": "Medication", "id": "kit", "code": {"text": "local kit, no standard code"},
            "ingredient": [{"itemCodeableConcept": {"coding": [TEC]}}]}
@@ -149,8 +146,6 @@ def test_an_ingredient_code_counts_for_value_set_membership(kb, fhir):
 
 
 def test_an_unresolvable_reference_is_412_naming_the_key_and_the_reference(kb, fhir):
-    from cds_service import create_app
-
     app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     fhir.reset([PATIENT, administration("a1", "Medication/gone")])
     response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
@@ -176,8 +171,6 @@ def test_a_reference_in_prefetch_without_a_fhir_server_is_412(client):
 
 
 def test_an_administration_takes_the_medication_of_its_request(kb, fhir):
-    from cds_service import create_app
-
     app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     request = {"resourceType": "MedicationRequest", "id": "r1", "status": "completed", "intent": "order",
                "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/tec"}}
@@ -192,10 +185,6 @@ def test_an_administration_takes_the_medication_of_its_request(kb, fhir):
 
 
 def test_a_medication_read_that_times_out_is_412_within_the_deadline(kb, fhir):
-    import time
-
-    from cds_service import create_app
-
     app = create_app({"fetch_timeout": 1.0}, kb=kb, clock=lambda: NOW)
     fhir.reset([PATIENT, administration("a1", "Medication/tec"),
                 {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}])
@@ -209,8 +198,6 @@ def test_a_medication_read_that_times_out_is_412_within_the_deadline(kb, fhir):
 
 def test_cards_do_not_change_when_a_prophylaxis_order_is_a_reference(kb, fhir):
     """Prophylaxis already ordered, sent as a reference, is seen (the card stays quiet)."""
-    from cds_service import create_app
-
     app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     order = {"resourceType": "MedicationRequest", "id": "acv", "status": "active", "intent": "order",
              "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-06-01",

@@ -255,11 +255,11 @@ def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str,
         for ref, keys in resolution.unresolved.items():
             unresolved.setdefault(ref, set()).update(keys)
     if unresolved:
-        keys = sorted({k for ks in unresolved.values() for k in ks})
+        needed = sorted({k for ks in unresolved.values() for k in ks})
         where = "not in the request and not readable from fhirServer" if body.get("fhirServer") \
             else "not in the request, and no fhirServer to read them from"
         raise DataUnavailable(f"medication reference(s) {', '.join(sorted(unresolved))} could not be resolved "
-                              f"({where}); needed by {', '.join(keys)}", keys, fetches)
+                              f"({where}); needed by {', '.join(needed)}", needed, fetches)
     for key, resolution in resolutions.items():
         note = resolution.note()
         if note:

@@ -54,7 +54,8 @@ def _contained(record: dict, ref: str) -> dict | None:
 
 def medication_concept(medication: dict) -> dict | None:
     """Medication.code and every ingredient's itemCodeableConcept, as one CodeableConcept."""
-    code = medication.get("code") if isinstance(medication.get("code"), dict) else {}
+    raw_code = medication.get("code")
+    code: dict = raw_code if isinstance(raw_code, dict) else {}
     codings = [c for c in code.get("coding") or [] if isinstance(c, dict)]
     for ingredient in medication.get("ingredient") or []:
         item = ingredient.get("itemCodeableConcept") if isinstance(ingredient, dict) else None
