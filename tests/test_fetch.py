@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from werkzeug.wrappers import Response
 
-from cds_service import create_app
+from cds_service import create_app, web
 
 from .conftest import NOW
 from .support.fhir_server import FhirServer, bundle, operation_outcome, refused_base
@@ -86,6 +86,7 @@ def test_with_prefetch_date_tokens_the_fetch_carries_the_window(fhir):
     assert response.status_code == 200
     assert "INF-4" in codes(response)
     assert any("date=ge2025-06-15" in r.query for r in fhir.requests if r.path == "/fhir/Observation")
+    web.state_of(app).feedback.close()
 
 
 def test_prefetch_broader_than_the_template_gives_the_same_cards(fetch_app, client):
