@@ -62,6 +62,9 @@ class Settings:
     fetch_workers: int = 64  # every prefetch key of a call in flight at once, for several calls
     fetch_max_pages: int = 20
     fetch_max_bytes: int = 16 * 1024 * 1024  # read from fhirServer in one call, all keys and pages
+    # CRD-style {{today() - N days}} prefetch tokens, for clients known to resolve them. Off:
+    # only CDS Hooks 2.0 tokens; the retrieves apply look-back windows to what arrives.
+    prefetch_date_tokens: bool = False
     explain_enabled: bool = False
     cors_origins: tuple[str, ...] = ("*",)
     max_request_bytes: int = 5 * 1024 * 1024

@@ -143,9 +143,11 @@ class DataUnavailable(RequestError):
     status = 412
     code = "incomplete"
 
-    def __init__(self, message: str, keys: list[str], fetches: list | None = None):
+    def __init__(self, message: str, keys: list[str], fetches: list | None = None,
+                 unresolved: list[str] | None = None):
         self.keys = keys
         self.fetches = fetches or []  # the fetches tried before giving up (FetchRecord), for metrics
+        self.unresolved = unresolved or []  # medication references no source resolved
         super().__init__(message)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from cds_service import create_app
+from cds_service import create_app, web
 
 from .conftest import NOW
 from .support.loopback import serving
@@ -41,16 +41,44 @@ def test_discovery_lists_one_service_per_hook_with_prefetch_templates(client):
     assert sign["title"] and sign["description"]
     assert sign["prefetch"]["patient"] == "Patient/{{context.patientId}}"
     assert sign["prefetch"]["hcvAntibody"].startswith("Observation?patient={{context.patientId}}&code=http://loinc.org|16128-1")
-    assert "date=ge{{today() - 365 days}}" in sign["prefetch"]["hcvAntibody"]
-    # NDC products cannot be searched by token (records carry package codes): no code filter
-    assert sign["prefetch"]["bsabAdministrations"] == "MedicationAdministration?patient={{context.patientId}}&status=completed"
+    # a relative window is not in the template (CDS Hooks 2.0 has no date token): applied here
+    assert "date=" not in sign["prefetch"]["hcvAntibody"]
+    # medication searches carry no code (the server's code search does not follow
+    # medicationReference, and NDC products cannot be token-searched): one search per type
+    assert sign["prefetch"]["bsabAdministrations"] == "MedicationAdministration?patient={{context.patientId}}"
     # a window over another key's query shares that key: one fetch, not two
     assert "bsabAdministrations" in sign["prefetch"] and "recentBsabAdministrations" not in sign["prefetch"]
     # no codes shipped for immune globulin: nothing to ask the EHR for
     assert "immuneGlobulinAdministrations" not in sign["prefetch"]
-    for template in (t for s in services.values() for t in s.get("prefetch", {}).values()):
+
+
+# The prefetch tokens CDS Hooks 2.0 defines; anything else a conformant EHR drops (the key is omitted).
+TWO_ZERO_TOKEN = re.compile(r"context\.[A-Za-z]\w*|userPractitionerId|userPractitionerRoleId|userPatientId|userRelatedPersonId")
+
+
+def test_discovery_uses_only_cds_hooks_2_0_prefetch_tokens(client):
+    templates = [t for s in discovery(client).values() for t in s.get("prefetch", {}).values()]
+    assert templates
+    for template in templates:
+        assert template.count("{{") == template.count("}}"), template
         for token in re.findall(r"\{\{(.*?)\}\}", template):
-            assert re.fullmatch(r"context\.\w+|today\(\)( - \d+ days)?", token), token
+            assert TWO_ZERO_TOKEN.fullmatch(token.strip()), f"{token!r} in {template} is not a CDS Hooks 2.0 token"
+
+
+def test_medication_searches_are_not_filtered_by_code_and_usage_requirements_say_so(client):
+    for service in discovery(client).values():
+        medication = {k: t for k, t in service.get("prefetch", {}).items() if t.startswith("Medication")}
+        assert medication, service["id"]
+        assert all("code=" not in t for t in medication.values()), medication
+        assert "not filtered by code at the FHIR server" in service["usageRequirements"]
+        assert "medicationReference" in service["usageRequirements"]
+
+
+def test_the_prefetch_date_tokens_setting_switches_crd_date_tokens_on():
+    app = create_app({"prefetch_date_tokens": True}, clock=lambda: NOW)
+    sign = discovery(app.test_client())["mm-tcell-order-sign"]
+    assert "date=ge{{today() - 365 days}}" in sign["prefetch"]["hcvAntibody"]
+    web.state_of(app).feedback.close()
 
 
 def test_a_call_returns_cards_with_the_2_0_fields(client):

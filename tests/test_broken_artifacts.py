@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,17 @@ def test_all_problems_are_reported_together(tmp_path):
     with pytest.raises(KnowledgeError) as info:
         _load_with(tmp_path)
     assert len(info.value.problems) == 2
+
+
+def test_a_crd_date_token_in_a_query_pattern_is_refused_unless_prefetch_date_tokens(tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(BROKEN / "unsupported-prefetch-token", site)
+    library = site / "Library-bad-token.json"
+    library.write_text(library.read_text().replace(
+        "Encounter/{{context.encounterId.resolve()}}", "Encounter?patient={{context.patientId}}&date=ge{{today() - 30 days}}"))
+    settings = config.load({"site_dirs": (str(site),)})
+    with pytest.raises(KnowledgeError) as info:
+        knowledge.load(settings.directories, settings.canonical_base)
+    assert "is a Da Vinci CRD extension, not CDS Hooks 2.0" in str(info.value)
+    kb = knowledge.load(settings.directories, settings.canonical_base, date_tokens=True)
+    assert any("{{today() - 30 days}}" in t for s in kb.services.values() for t in s.prefetch.values())

@@ -59,7 +59,10 @@ def test_value_set_membership(case, kb):
 
 @pytest.mark.parametrize("case", PRE["resolve"], ids=lambda c: c["template"])
 def test_token_resolution(case):
-    knowledge.check_template(case["template"])
+    if case.get("date_tokens"):
+        with pytest.raises(knowledge.TemplateError, match="Da Vinci CRD extension"):
+            knowledge.check_template(case["template"])  # not CDS Hooks 2.0: refused by default
+    knowledge.check_template(case["template"], date_tokens=bool(case.get("date_tokens")))
     context = {"patientId": "p1", "userId": "Practitioner/dr-1"}
     assert knowledge.resolve_template(case["template"], context, TODAY) == case["expect"]
 
@@ -67,4 +70,4 @@ def test_token_resolution(case):
 @pytest.mark.parametrize("template", PRE["refuse"])
 def test_unsupported_tokens_are_refused(template):
     with pytest.raises(knowledge.TemplateError):
-        knowledge.check_template(template)
+        knowledge.check_template(template, date_tokens=True)

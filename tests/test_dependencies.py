@@ -53,7 +53,8 @@ def _imports(folder: Path) -> set[str]:
 RUNTIME = {"antlr4": "antlr4-python3-runtime", "fhir": "fhir.resources", "fhirpathpy": "fhirpathpy",
            "flask": "Flask", "flask_cors": "flask-cors", "gunicorn": "gunicorn", "jsonschema": "jsonschema",
            "jwt": "PyJWT", "markupsafe": "MarkupSafe", "orjson": "orjson", "prometheus_client": "prometheus_client",
-           "pydantic": "pydantic", "requests": "requests", "ucumvert": "ucumvert", "werkzeug": "Werkzeug",
+           "pydantic": "pydantic", "requests": "requests", "ucumvert": "ucumvert", "urllib3": "urllib3",
+           "werkzeug": "Werkzeug",
            "yaml": "PyYAML"}
 OPTIONAL = {"psycopg": "postgres"}
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from werkzeug.wrappers import Response
 
-from cds_service import create_app
+from cds_service import create_app, web
 
 from .conftest import NOW
 from .support.fhir_server import FhirServer, bundle, operation_outcome, refused_base
@@ -75,7 +75,30 @@ def test_missing_keys_are_fetched_concurrently_with_the_bearer_token(fetch_app, 
     # resolved tokens: the patient id and a date, never a raw {{...}}
     assert all("{{" not in r.query and "{{" not in r.path for r in fhir.requests)
     assert any(r.path == "/fhir/Patient/p1" for r in fhir.requests)
+    # no look-back window at the server (CDS Hooks 2.0 has no date token): applied here
+    assert not any("date=" in r.query for r in fhir.requests if r.path == "/fhir/Observation")
+
+
+def test_with_prefetch_date_tokens_the_fetch_carries_the_window(fhir):
+    app = create_app({"fetch_timeout": FETCH_TIMEOUT, "prefetch_date_tokens": True}, clock=lambda: NOW)
+    fhir.reset([PATIENT, LOW_IGG])
+    response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert response.status_code == 200
+    assert "INF-4" in codes(response)
     assert any("date=ge2025-06-15" in r.query for r in fhir.requests if r.path == "/fhir/Observation")
+    web.state_of(app).feedback.close()
+
+
+def test_prefetch_broader_than_the_template_gives_the_same_cards(fetch_app, client):
+    """An EHR that sends more than asked (older records, a broad search) changes nothing."""
+    old_low = dict(LOW_IGG, id="old-low", effectiveDateTime="2024-01-01")  # outside the 12-month window
+    keys = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}["mm-tcell-order-sign"]["prefetch"]
+    everything = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in (PATIENT, old_low)]}
+    broad = {key: everything for key in keys}
+    broad["patient"] = PATIENT
+    assert "INF-4" not in codes(client.post(SIGN, json=order_sign(prefetch=broad)))  # old IgG: outside the window
+    everything["entry"].append({"resource": LOW_IGG})
+    assert "INF-4" in codes(client.post(SIGN, json=order_sign(prefetch=broad)))
 
 
 def test_prefetched_keys_are_not_fetched_and_null_means_no_data(fetch_app, fhir, client):

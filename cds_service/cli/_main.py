@@ -78,7 +78,7 @@ def _feedback_report(args: argparse.Namespace) -> int:
 def _load(shipped_only: bool = False) -> knowledge.KnowledgeBase:
     settings = config.load()
     directories = settings.knowledge_dirs if shipped_only else settings.directories
-    return knowledge.load(directories, settings.canonical_base)
+    return knowledge.load(directories, settings.canonical_base, settings.prefetch_date_tokens)
 
 
 def _validate(args: argparse.Namespace) -> int:

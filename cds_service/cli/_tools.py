@@ -53,7 +53,7 @@ def load_kb(sites: list[str] | tuple[str, ...]) -> knowledge.KnowledgeBase:
     # stand-in that may be gone by the next log line (a caller's capture).
     ops.configure_logging("ERROR", stream=sys.__stderr__)
     directories = tuple(dict.fromkeys(settings.directories + tuple(str(Path(s).resolve()) for s in sites)))
-    return knowledge.load(directories, settings.canonical_base)
+    return knowledge.load(directories, settings.canonical_base, settings.prefetch_date_tokens)
 
 
 def _test(args: argparse.Namespace) -> int:

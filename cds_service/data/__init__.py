@@ -10,6 +10,7 @@ Public API:
     FetchRecord       one key fetched: outcome kind and seconds (the caller records metrics)
     Transport, RequestsTransport, Response, ByteBudget   the injectable HTTP transport
     bundle_resources(bundle), next_link(bundle)         reading Bundles
+    same_server(base, url)   url under the FHIR base (normalised; userinfo, `.` and `..` refused)
     draft_orders(context), trigger_orders(hook, context, orders)
 No metrics, no Flask: the layer that owns the request records what this returns.
 """
@@ -31,9 +32,10 @@ from cds_service.data._fetch import (
     Transport,
     bundle_resources,
     next_link,
+    same_server,
 )
 
 __all__ = [
     "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "KeyReport", "RequestData", "RequestsTransport",
-    "Response", "Transport", "assemble", "bundle_resources", "draft_orders", "next_link", "trigger_orders",
+    "Response", "Transport", "assemble", "bundle_resources", "draft_orders", "next_link", "same_server", "trigger_orders",
 ]

@@ -6,7 +6,10 @@ Per data requirement (= prefetch key):
   OperationOutcome, or absent      fetched from fhirServer (bearer token), with a timeout
   template needs an absent context field (e.g. no encounterId)   no data, said in the trace
   code filter on an empty value set   nothing can match: no data, nothing fetched
-A key that can be neither prefetched nor fetched makes the call answer 412.
+A key that can be neither prefetched nor fetched makes the call answer 412. Then the
+medication references of every record are resolved (data/_medications.py): Medications
+not in the request are read from fhirServer, inside the same deadline as the keys; a
+reference that cannot be resolved is a 412 too.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import knowledge
-from cds_service.data._fetch import FhirClient, Transport, bundle_resources, next_link
-from cds_service.data._retrieve import Retriever, resolve_medications
+from cds_service.data._fetch import FhirClient, Transport, bundle_resources, next_link, same_server
+from cds_service.data._medications import MedicationReads, Medications, Resolution, local_key
+from cds_service.data._retrieve import Retriever
 from cds_service.errors import DataUnavailable, FetchError, InvalidRequest
 from cds_service.knowledge import Service
 
@@ -141,8 +145,9 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
         else:
             raw[req.key], reports[req.key] = [value], KeyReport("prefetch", received=1)
     fetches: list[FetchRecord] = []
+    deadline = time.monotonic() + fetch.timeout  # the call's one deadline: keys, pages, Medications
     if to_fetch:
-        _fetch_all(to_fetch, body, fetch, raw, reports, fetches)
+        _fetch_all(to_fetch, body, fetch, raw, reports, fetches, deadline)
     for req in service.plan.requirements:
         if req.derived_from:
             raw[req.key] = raw[req.derived_from]
@@ -150,26 +155,63 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
             reports[req.key] = KeyReport(source.source, received=source.received,
                                          note=f"narrowed from the data of {req.derived_from}")
     ordered = {req.key: reports[req.key] for req in service.plan.requirements}
-    return Assembled(_request_data(service, body, now, raw, ordered, today), ordered, raw, fetches)
+    medications = _medications(body, raw, fetch, deadline, fetches)
+    return Assembled(_request_data(service, body, now, raw, ordered, today, medications, fetches),
+                     ordered, raw, fetches)
 
 
-def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
-               raw: dict[str, list[dict]], reports: dict[str, KeyReport], fetches: list[FetchRecord]) -> None:
+def _client(body: dict, fetch: FetchSettings) -> FhirClient:
+    token = (body.get("fhirAuthorization") or {}).get("access_token")
+    return FhirClient(body["fhirServer"], token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes)
+
+
+def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, deadline: float,
+                 fetches: list[FetchRecord]) -> Medications:
+    """The Medications the records reference: those in the request, plus reads of the
+    others from fhirServer (each once, concurrently, before the deadline; two rounds at
+    most: an administration's MedicationRequest, then that request's Medication)."""
+    orders = draft_orders(body["context"])
+    lists = list({id(v): v for v in raw.values()}.values()) + [orders]
+    medications = Medications(r for resources in lists for r in resources)
+    server = body.get("fhirServer")
+    if not server:
+        return medications
+    client = _client(body, fetch)
+
+    def read(ref: str) -> list[dict]:
+        if ref.lower().startswith(("http://", "https://")):
+            if not same_server(server, ref):
+                return []  # the bearer token goes to fhirServer only: left unresolved
+            return client.follow(ref, deadline, read=True)
+        return client.query(str(local_key(ref)), deadline)
+
+    tried: set[str] = set()
+    for _ in range(2):
+        wanted = medications.wanted(lists) - tried
+        if not wanted or time.monotonic() >= deadline:
+            break
+        tried |= wanted
+        reads = MedicationReads(read, fetch.executor, deadline)
+        medications.add(reads.run(wanted), from_server=True)
+        fetches.extend(FetchRecord("Medication", outcome, seconds) for outcome, seconds in reads.outcomes)
+    return medications
+
+
+def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings, raw: dict[str, list[dict]],
+               reports: dict[str, KeyReport], fetches: list[FetchRecord], deadline: float) -> None:
     server = body.get("fhirServer")
     if not server:
         keys = sorted(to_fetch)
         raise DataUnavailable(
             f"prefetch key(s) {', '.join(keys)} missing and no fhirServer to fetch them from", keys)
-    token = (body.get("fhirAuthorization") or {}).get("access_token")
-    client = FhirClient(server, token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes)
-    deadline = time.monotonic() + fetch.timeout
+    client = _client(body, fetch)
     started = time.monotonic()
 
     elapsed: dict[str, float] = {}  # per key, measured in its own thread
 
     def run(key: str, target: str) -> list[dict]:
         try:
-            if target.startswith(("http://", "https://")):
+            if target.lower().startswith(("http://", "https://")):
                 return client.follow(target, deadline)
             return client.query(target, deadline)
         finally:
@@ -179,7 +221,8 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
     failures: dict[str, str] = {}
     for key, future in futures.items():
         try:
-            resources = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+            # one grace for the whole call, not one per key
+            resources = future.result(timeout=max(0.0, deadline + 0.05 - time.monotonic()))
         except FutureTimeout:
             future.cancel()
             failures[key] = f"timed out after {fetch.timeout:.1f}s"
@@ -201,12 +244,28 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings,
 
 
 def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str, list[dict]],
-                  reports: dict[str, KeyReport], today: dt.date) -> RequestData:
+                  reports: dict[str, KeyReport], today: dt.date, medications: Medications,
+                  fetches: list[FetchRecord]) -> RequestData:
     context = body["context"]
-    orders = draft_orders(context)
-    pool = [r for resources in raw.values() for r in resources] + orders
-    orders = resolve_medications(orders, pool)
-    resolved = _resolve_once(raw, pool)
+    draft = Resolution()
+    orders = medications.resolve(draft_orders(context), "context.draftOrders", draft)
+    resolved, resolutions = _resolve_once(raw, medications)
+    unresolved: dict[str, set[str]] = {}
+    for resolution in [draft, *resolutions.values()]:
+        for ref, keys in resolution.unresolved.items():
+            unresolved.setdefault(ref, set()).update(keys)
+    if unresolved:
+        needed = sorted({k for ks in unresolved.values() for k in ks})
+        where = "not in the request and not readable from fhirServer" if body.get("fhirServer") \
+            else "not in the request, and no fhirServer to read them from"
+        raise DataUnavailable(f"medication reference(s) {', '.join(sorted(unresolved))} could not be resolved "
+                              f"({where}); needed by {', '.join(needed)}", needed, fetches,
+                              sorted(unresolved))
+    for key, resolution in resolutions.items():
+        note = resolution.note()
+        if note:
+            report = reports[key]
+            report.note = f"{report.note}; {note}" if report.note else note
     retriever = Retriever(today, context.get("patientId", ""))
     retrieved: dict[str, list[dict]] = {}
     patient = None
@@ -228,13 +287,15 @@ def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str,
     )
 
 
-def _resolve_once(raw: dict[str, list[dict]], pool: list[dict]) -> dict[str, list[dict]]:
+def _resolve_once(raw: dict[str, list[dict]], medications: Medications
+                  ) -> tuple[dict[str, list[dict]], dict[str, Resolution]]:
     """Medication references resolved once per list: derived keys share their source's
     list, and the retriever's per-list caches rely on that sharing."""
-    by_list: dict[int, list[dict]] = {}
-    resolved = {}
+    by_list: dict[int, tuple[list[dict], Resolution]] = {}
+    resolved, resolutions = {}, {}
     for key, resources in raw.items():
         if id(resources) not in by_list:
-            by_list[id(resources)] = resolve_medications(resources, pool)
-        resolved[key] = by_list[id(resources)]
-    return resolved
+            resolution = Resolution()
+            by_list[id(resources)] = (medications.resolve(resources, key, resolution), resolution)
+        resolved[key], resolutions[key] = by_list[id(resources)]
+    return resolved, resolutions

@@ -6,18 +6,34 @@ through `link[next]`, only on the same server, so the bearer token never leaves 
 holds for a next link found in a prefetched Bundle too. One call reads at most
 `fetch_max_bytes` from the server, all keys and pages together (`ByteBudget`), so a
 huge answer costs a 412, not the worker's memory.
+
+Deadlines: the whole fetch of a call (connect, headers, body bytes, every page) ends at
+the call's deadline. requests' timeout is per socket read, so a server trickling one byte
+at a time would hold a thread far longer; a watchdog thread (`_Reaper`) shuts the
+connection's socket down at the deadline, which wakes the blocked read at once.
+
+Connections: one keep-alive session per fetch thread (urllib3 pools: at most 10 hosts a
+thread, one connection a host, since a thread sends one request at a time). A GET that
+fails with a connection error (typically a pooled connection the server had closed while
+it was idle) is retried once on a fresh connection, if the deadline allows.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from cds_service.errors import FetchError
 
@@ -49,9 +65,106 @@ class Transport(Protocol):
             budget: ByteBudget | None = None) -> Response: ...
 
 
+class _Reaper:
+    """One watchdog thread: at each watched deadline, shut the connection's socket down.
+
+    A blocked recv() then returns at once (end of stream), so the fetch thread stops
+    reading and is free; the connection is dead and never reused."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Any]] = []
+        self._live: set[int] = set()
+        self._ids = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, connection: Any) -> int:
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(target=self._run, name="mm-cds-fetch-reaper", daemon=True)
+                self._thread.start()
+            ticket = next(self._ids)
+            heapq.heappush(self._heap, (deadline, ticket, connection))
+            self._live.add(ticket)
+            self._wake.notify()
+            return ticket
+
+    def release(self, ticket: int) -> None:
+        with self._wake:
+            self._live.discard(ticket)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)  # released: nothing to do
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                deadline, ticket, connection = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(ticket)
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+
+_REAPER = _Reaper()
+_watch = threading.local()  # .deadline and .tickets of the GET this thread is sending
+
+
+class _Watched:
+    """A urllib3 connection put under the sending thread's deadline before each request."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = getattr(_watch, "deadline", None)
+        if deadline is not None:
+            _watch.tickets.append(_REAPER.watch(deadline, self))
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    adapter = _WatchedAdapter(pool_connections=10, pool_maxsize=1, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class RequestsTransport:
     """HTTP through requests, one keep-alive session per thread. `max_bytes` caps each
-    answer on its own (for callers without a budget, e.g. a key set download)."""
+    answer on its own (for callers without a budget, e.g. a key set download).
+
+    `timeout` is the whole GET: connect, headers and body end by then (see _Reaper)."""
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self._local = threading.local()
@@ -60,32 +173,58 @@ class RequestsTransport:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = _new_session()
         return session
+
+    def _drop_session(self) -> None:
+        session = getattr(self._local, "session", None)
+        self._local.session = None
+        if session is not None:
+            session.close()
 
     def get(self, url: str, headers: dict[str, str], timeout: float,
             budget: ByteBudget | None = None) -> Response:
         deadline = time.monotonic() + timeout
         if budget is None and self.max_bytes is not None:
             budget = ByteBudget(self.max_bytes, "this answer alone")
+        _watch.deadline, _watch.tickets = deadline, []
         try:
-            with self._session().get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as r:
-                chunks = []
-                for chunk in r.iter_content(65536):
-                    if budget is not None:
-                        budget.spend(len(chunk))
-                    # requests' timeout is per socket read: a server trickling bytes is
-                    # stopped here, on the call's deadline.
-                    if time.monotonic() > deadline:
-                        raise FetchError(f"timed out after {timeout:.1f}s", kind="timeout")
-                    chunks.append(chunk)
-                return Response(r.status_code, b"".join(chunks))
-        except requests.Timeout:
-            raise FetchError(f"timed out after {timeout:.1f}s", kind="timeout") from None
-        except requests.ConnectionError as exc:
-            raise FetchError(f"connection failed: {type(exc).__name__}", kind="connection") from None
+            try:
+                return self._get(url, headers, deadline, budget)
+            except requests.ConnectionError as exc:
+                # Most often a keep-alive connection the server closed while idle: an
+                # idempotent GET is sent once more, on a fresh connection, in the time left.
+                self._drop_session()
+                if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
+                    raise
+                return self._get(url, headers, deadline, budget)
         except requests.RequestException as exc:
+            self._drop_session()
+            if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
+                raise FetchError(f"timed out after {timeout:.1f}s", kind="timeout") from None
+            if isinstance(exc, requests.ConnectionError):
+                raise FetchError(f"connection failed: {type(exc).__name__}", kind="connection") from None
             raise FetchError(f"request failed: {type(exc).__name__}") from None
+        except FetchError:
+            self._drop_session()
+            raise
+        finally:
+            for ticket in _watch.tickets:
+                _REAPER.release(ticket)
+            _watch.deadline, _watch.tickets = None, []
+
+    def _get(self, url: str, headers: dict[str, str], deadline: float, budget: ByteBudget | None) -> Response:
+        remaining = max(0.001, deadline - time.monotonic())
+        with self._session().get(url, headers=headers, timeout=remaining, stream=True, allow_redirects=False) as r:
+            chunks = []
+            for chunk in r.iter_content(65536):
+                if budget is not None:
+                    budget.spend(len(chunk))
+                chunks.append(chunk)
+            if time.monotonic() >= deadline:
+                # the watchdog closed the connection: what was read is cut short
+                raise requests.Timeout("deadline")
+            return Response(r.status_code, b"".join(chunks))
 
 
 class FhirClient:
@@ -133,13 +272,19 @@ class FhirClient:
         raise FetchError(f"more than {self.max_pages} pages", kind="too_many_pages")
 
     def on_server(self, url: str) -> bool:
-        """Same scheme, host and port as fhirServer, and a path under its base path."""
-        try:
-            base, target = urlsplit(self.base), urlsplit(url)
-        except ValueError:  # e.g. an unclosed IPv6 bracket in a link the EHR sent
-            return False
-        return (target.scheme.lower(), target.netloc.lower()) == (base.scheme.lower(), base.netloc.lower()) \
-            and (target.path == base.path or target.path.startswith(base.path + "/"))
+        """Same scheme, host and port as fhirServer, and a path under its base path, both
+        normalised (case of scheme and host, default ports); a URL with userinfo or a `.`
+        or `..` segment (percent-encoded or not) is never on the server."""
+        return same_server(self.base, url)
+
+
+def same_server(base_url: str, url: str) -> bool:
+    """Whether `url` is under the FHIR base `base_url` (see FhirClient.on_server)."""
+    base, target = _normalised(base_url), _normalised(url)
+    if base is None or target is None or base[:3] != target[:3]:
+        return False
+    root = base[3].rstrip("/")
+    return target[3] == root or target[3].startswith(root + "/")
 
 
 def bundle_resources(bundle: dict) -> list[dict]:
@@ -163,6 +308,33 @@ def next_link(bundle: dict) -> str | None:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"] or None
     return None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _normalised(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path) of an http(s) URL, or None when it must not be trusted."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # e.g. an unclosed IPv6 bracket, a port that is not a number
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or "@" in parts.netloc or not parts.hostname:
+        return None  # userinfo refused: "https://fhir.example@elsewhere/" is elsewhere
+    path = parts.path or "/"
+    seen = path
+    for _ in range(3):  # "%252e%252e" is ".." to a server that decodes twice
+        if "\\" in seen or any(segment in (".", "..") for segment in seen.split("/")):
+            return None
+        decoded = unquote(seen)
+        if decoded == seen:
+            break
+        seen = decoded
+    else:
+        return None
+    return scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme], path
 
 
 def _json(body: bytes) -> dict:

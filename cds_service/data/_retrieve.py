@@ -126,38 +126,3 @@ def _code_in(cf: CodeFilter, system: str | None, code: str) -> bool:
     if cf.value_set is not None and cf.value_set.contains(system, code):
         return True
     return (system, code) in cf.codes or (None, code) in cf.codes
-
-
-_MEDICATION_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement", "MedicationDispense")
-
-
-def resolve_medications(resources: list[dict], pool: list[dict]) -> list[dict]:
-    """Give medicationReference records the code of the Medication they point to.
-
-    A record pointing to a contained Medication, or to a Medication elsewhere in the
-    request, gets a medicationCodeableConcept copied from it (on a copy of the record),
-    so code filters and memberOf() see one shape whatever the EHR sent.
-    """
-    if not any("medicationReference" in r for r in resources):
-        return resources
-    by_ref = {f"Medication/{r.get('id')}": r for r in pool if r.get("resourceType") == "Medication"}
-    result = []
-    for resource in resources:
-        reference = resource.get("medicationReference")
-        ref = reference.get("reference") if isinstance(reference, dict) else None
-        if isinstance(ref, str) and ref and resource.get("resourceType") in _MEDICATION_TYPES \
-                and "medicationCodeableConcept" not in resource:
-            target = _find_medication(ref, resource, by_ref)
-            if target is not None and target.get("code"):
-                resource = {**resource, "medicationCodeableConcept": target["code"]}
-        result.append(resource)
-    return result
-
-
-def _find_medication(ref: str, container: dict, by_ref: dict[str, dict]) -> dict | None:
-    if ref.startswith("#"):
-        contained = container.get("contained")
-        return next((c for c in (contained if isinstance(contained, list) else [])
-                     if isinstance(c, dict) and c.get("id") == ref[1:]), None)
-    parts = ref.split("/_history")[0].rstrip("/").split("/")
-    return by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None

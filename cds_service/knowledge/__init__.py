@@ -11,6 +11,7 @@ Public API:
     Terminology, ExpandedValueSet, NDC, ndc_product            value sets and codes
     resolve_template, check_template, build_template, TemplateError   prefetch templates
     PATIENT_PARAM    the search parameter that names the patient
+    MEDICATION_RECORD_TYPES   records whose medication[x] may be a reference
     path_problem(kind, path), element_path_segments(path)   dynamicValue element paths
     catalogue_*, terminology_*, render_readme, readme_is_fresh, entries, counts   the catalogue
 """
@@ -29,6 +30,7 @@ from cds_service.knowledge._catalogue import (
 )
 from cds_service.knowledge._load import KINDS, KnowledgeBase, load, settle
 from cds_service.knowledge._model import (
+    MEDICATION_RECORD_TYPES,
     ActivityDefinition,
     Artifact,
     CardAction,
@@ -58,6 +60,7 @@ from cds_service.knowledge._terminology import (
 )
 
 __all__ = [
+    "MEDICATION_RECORD_TYPES",
     "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "CodeFilter", "Condition",
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",
     "TemplateError", "Terminology", "Variable", "build_template", "catalogue_html", "catalogue_markdown",

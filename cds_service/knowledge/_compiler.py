@@ -59,7 +59,9 @@ SUPPORTED_KINDS = ("ServiceRequest", "MedicationRequest", "CommunicationRequest"
 
 
 class Compiler:
-    def __init__(self, artifacts: dict[str, Artifact], terminology: Terminology, base: str):
+    def __init__(self, artifacts: dict[str, Artifact], terminology: Terminology, base: str,
+                 date_tokens: bool = False):
+        self.date_tokens = date_tokens  # CRD-style {{today() - N days}} in templates (prefetch_date_tokens)
         self.artifacts = artifacts
         self.terminology = terminology
         self.base = base.rstrip("/")
@@ -403,11 +405,11 @@ class Compiler:
         for ext in dr.get("extension") or []:
             if ext.get("url") == QUERY_PATTERN_EXT:
                 try:
-                    check_template(ext.get("valueString", ""))
+                    check_template(ext.get("valueString", ""), self.date_tokens)
                 except TemplateError as exc:
                     self._problem(f"{element}.extension", str(exc))
                 return ext.get("valueString")
-        return build_template(kind, tuple(code_filters), tuple(date_filters))
+        return build_template(kind, tuple(code_filters), tuple(date_filters), self.date_tokens)
 
     def _code_filter(self, kind: str, cf: dict, element: str) -> CodeFilter | None:
         path = cf.get("path")

@@ -75,8 +75,11 @@ def settle() -> None:
     gc.freeze()
 
 
-def load(directories: Iterable[str | Path], base: str) -> KnowledgeBase:
-    """Load, validate and compile the artifacts; raises KnowledgeError listing every problem."""
+def load(directories: Iterable[str | Path], base: str, date_tokens: bool = False) -> KnowledgeBase:
+    """Load, validate and compile the artifacts; raises KnowledgeError listing every problem.
+
+    `date_tokens` (setting prefetch_date_tokens): prefetch templates may carry CRD-style
+    {{today() - N days}} tokens; off, only CDS Hooks 2.0 tokens are built or accepted."""
     started = time.perf_counter()
     problems: list[Problem] = []
     artifacts: dict[str, Artifact] = {}
@@ -101,7 +104,7 @@ def load(directories: Iterable[str | Path], base: str) -> KnowledgeBase:
         artifact = artifacts[url]
         problems.append(Problem(artifact.file, artifact.label, f"ValueSet.{error.element}", str(error)))
 
-    compiler = Compiler(artifacts, terminology, base)
+    compiler = Compiler(artifacts, terminology, base, date_tokens)
     plans = {
         url: plan
         for url, artifact in artifacts.items()

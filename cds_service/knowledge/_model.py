@@ -148,6 +148,16 @@ class Plan:
         return tuple(h for h in HOOKS if h in present)
 
 
+# Records whose medication[x] may be a reference: searched without a code at the server.
+MEDICATION_RECORD_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement", "MedicationDispense")
+MEDICATION_USAGE = (
+    "Searches of {types} are not filtered by code at the FHIR server (its code search does not follow "
+    "medicationReference): the service resolves each medicationReference (contained, a Medication in the "
+    "Bundle, e.g. from _include, else a read of Medication/{{id}} from fhirServer with the bearer token) and "
+    "filters by Medication.code and ingredient codes itself."
+)
+
+
 @dataclass(frozen=True)
 class Service:
     id: str
@@ -164,6 +174,10 @@ class Service:
         }
         if self.prefetch:
             entry["prefetch"] = dict(self.prefetch)
-        if self.plan.usage:
-            entry["usageRequirements"] = self.plan.usage
+        usage = [self.plan.usage] if self.plan.usage else []
+        searched = sorted({t.split("?")[0] for t in self.prefetch.values() if t.split("?")[0] in MEDICATION_RECORD_TYPES})
+        if searched:
+            usage.append(MEDICATION_USAGE.format(types=", ".join(searched)))
+        if usage:
+            entry["usageRequirements"] = " ".join(usage)
         return entry

@@ -1,9 +1,14 @@
 """Prefetch templates: built from data requirements, and their tokens resolved.
 
-Only the CDS Hooks 2.0 token subset is produced or accepted:
+By default only the tokens CDS Hooks 2.0 defines are produced or accepted:
   {{context.patientId}}            a hook context field
   {{userPractitionerId}} (and the other user tokens), from context.userId
+Relative look-back windows are then left out of the template: the retrieves apply them to
+whatever arrives. With `date_tokens` (setting prefetch_date_tokens, for clients known to
+resolve the Da Vinci CRD extension) these are produced and accepted too:
   {{today()}}, {{today() - 365 days}}, {{today() + 7 days}}
+Medication searches are never filtered by code at the server: its `code` search does not
+follow medicationReference, so the service resolves references and filters here.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_service.errors import ArtifactError
-from cds_service.knowledge._model import CodeFilter, DateFilter
+from cds_service.knowledge._model import MEDICATION_RECORD_TYPES, CodeFilter, DateFilter
 from cds_service.knowledge._search_params import PATIENT_PARAM
 from cds_service.knowledge._terminology import NDC
 
@@ -33,15 +38,24 @@ class TemplateError(ArtifactError):
     pass
 
 
-def check_template(template: str) -> None:
-    """Raise TemplateError unless every token is one this service can resolve."""
+TWO_ZERO_TOKENS = ("context.<field>", *_USER_TOKENS)
+
+
+def check_template(template: str, date_tokens: bool = False) -> None:
+    """Raise TemplateError unless every token is one this service can resolve and, unless
+    `date_tokens`, one CDS Hooks 2.0 defines."""
     if "{{" in _TOKEN.sub("", template) or "}}" in _TOKEN.sub("", template):
         raise TemplateError(f"unbalanced token braces in '{template}'")
     for token in _TOKEN.findall(template):
+        if _TODAY.match(token) and not date_tokens:
+            raise TemplateError(
+                f"token '{{{{{token}}}}}' is a Da Vinci CRD extension, not CDS Hooks 2.0: leave relative "
+                "windows to the dataRequirement's dateFilter (or set prefetch_date_tokens)"
+            )
         if not (_TODAY.match(token) or _CONTEXT.match(token) or token in _USER_TOKENS):
             raise TemplateError(
-                f"token '{{{{{token}}}}}' is not supported; use context.<field>, "
-                "a user token, or today() +/- N days"
+                f"token '{{{{{token}}}}}' is not supported; use context.<field> or a user token"
+                + (", or today() +/- N days" if date_tokens else "")
             )
 
 
@@ -76,20 +90,24 @@ def _token_value(token: str, context: Mapping[str, Any], today: dt.date) -> str 
 
 
 def build_template(
-    resource_type: str, code_filters: tuple[CodeFilter, ...], date_filters: tuple[DateFilter, ...]
+    resource_type: str, code_filters: tuple[CodeFilter, ...], date_filters: tuple[DateFilter, ...],
+    date_tokens: bool = False,
 ) -> str:
-    """A FHIR search for one data requirement (the service re-filters what comes back)."""
+    """A FHIR search for one data requirement (the service re-filters what comes back).
+
+    Without `date_tokens`, a relative window (valueDuration) is not in the search: the
+    EHR may send older records, the retrieve drops them. Absolute dates stay."""
     if resource_type == "Patient":
         return "Patient/{{context.patientId}}"
     params = [f"{PATIENT_PARAM}={{{{context.patientId}}}}"]
     for cf in code_filters:
-        if not server_can_filter(cf):
+        if resource_type in MEDICATION_RECORD_TYPES or not server_can_filter(cf):
             continue  # fetched unfiltered by code; the retrieve filters by product here
         params.append(f"{cf.search_param}={','.join(_filter_codes(cf))}")
     for df in date_filters:
         if df.search_param is None:
             continue  # alternatives across parameters: filtered here, not by the server
-        if df.days is not None:
+        if df.days is not None and date_tokens:
             params.append(f"{df.search_param}=ge{{{{today() - {df.days} days}}}}")
         if df.start:
             params.append(f"{df.search_param}=ge{df.start}")

@@ -132,7 +132,7 @@ def reload_knowledge(current: Any) -> ReloadResult:
         started = time.perf_counter()
         settings = current.settings
         try:
-            kb = knowledge.load(settings.directories, settings.canonical_base)
+            kb = knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
         except KnowledgeError as exc:
             problems = [str(p) for p in exc.problems]
             # Artifact files and elements only: no request or patient data.
@@ -156,7 +156,8 @@ def reload_knowledge(current: Any) -> ReloadResult:
 def validate_only(current: Any) -> list[str]:
     """The problems of the knowledge on disk (empty: it loads), without swapping anything."""
     try:
-        knowledge.load(current.settings.directories, current.settings.canonical_base)
+        knowledge.load(current.settings.directories, current.settings.canonical_base,
+                       current.settings.prefetch_date_tokens)
     except KnowledgeError as exc:
         return [str(p) for p in exc.problems]
     return []

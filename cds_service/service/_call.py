@@ -85,4 +85,7 @@ def without_network_details(exc: DataUnavailable) -> DataUnavailable:
         return exc  # nothing was fetched (e.g. no fhirServer): the message names keys only
     detail = "; ".join(f"{key}: could not be fetched ({FAILURE_WORDS.get(kind, 'request failed')})"
                        for key, kind in sorted(failed.items()))
-    return DataUnavailable(f"required data could not be fetched ({detail})", exc.keys, exc.fetches)
+    if exc.unresolved:  # references from the request's own data: no network detail in them
+        detail += (f"; medication reference(s) {', '.join(exc.unresolved)} could not be resolved, "
+                   f"needed by {', '.join(exc.keys)}")
+    return DataUnavailable(f"required data could not be fetched ({detail})", exc.keys, exc.fetches, exc.unresolved)

@@ -48,7 +48,7 @@ def create_app(
     ops.configure_logging(settings.log_level)
     security_config = security.load(settings)
     ops.admin_token(settings)  # a malformed reload credential stops start-up
-    kb = kb or knowledge.load(settings.directories, settings.canonical_base)
+    kb = kb or knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
     knowledge.settle()
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database

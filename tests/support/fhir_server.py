@@ -3,8 +3,13 @@
 It serves one in-memory chart: reads (Type/id) and searches with the parameters the
 service's prefetch templates use (patient, code, status, the date parameters with
 ge/gt/le/lt), paged with Bundle.link next. Unknown search parameters are refused with
-400, so a template the service should not send fails loudly. It requires a bearer token
-and records every request. `fault` lets a test make it slow, fail or misbehave.
+400, so a template the service should not send fails loudly. Like a real server, `code`
+on MedicationRequest/-Administration/-Statement matches medicationCodeableConcept only,
+never the Medication a medicationReference points to; searches are paged at 20 with next
+links; keep-alive connections idle for `idle_timeout` seconds are closed. It requires a
+bearer token and records every request. `fault` lets a test make it slow, fail or
+misbehave; `include_medications` makes searches answer the Medications their records
+reference as `_include` entries (search.mode include), as some EHRs do.
 
 The search logic is written independently of the service's own filters on purpose:
 both must agree for the scenario tests to pass.
@@ -20,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 # (resourceType, search parameter) -> element names holding the value (choice forms listed)
@@ -124,7 +129,8 @@ def _date_matches(resource: dict, elements: tuple[str, ...], value: str) -> bool
 class FhirServer:
     """Run a FhirStore over HTTP on 127.0.0.1 in a background thread."""
 
-    def __init__(self, store: FhirStore | None = None, token: str | None = "test-token", page_size: int = 50):
+    def __init__(self, store: FhirStore | None = None, token: str | None = "test-token", page_size: int = 20,
+                 idle_timeout: float = 3.0):
         self.store = store or FhirStore()
         self.token = token
         self.page_size = page_size
@@ -133,8 +139,12 @@ class FhirServer:
         self.delay: float = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.include_medications = False
         self._lock = threading.Lock()
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        # HTTP/1.1 keep-alive, and a connection idle (or a request stalled) this long is closed
+        handler = type("IdleClosingHandler", (WSGIRequestHandler,),
+                       {"protocol_version": "HTTP/1.1", "timeout": idle_timeout})
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=handler)
         self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
         # A short poll interval: shutdown() waits for it, once per test that starts a server.
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -158,6 +168,7 @@ class FhirServer:
             self.fault = None
             self.delay = 0.0
             self.max_in_flight = 0
+            self.include_medications = False
 
     def _wsgi(self, environ, start_response):
         request = Request(environ)
@@ -200,6 +211,9 @@ class FhirServer:
         page = matches[offset: offset + self.page_size]
         bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
                   "entry": [{"resource": r, "search": {"mode": "match"}} for r in page]}
+        if self.include_medications:
+            for medication in self._referenced_medications(page):
+                bundle["entry"].append({"resource": medication, "search": {"mode": "include"}})
         if offset + self.page_size < len(matches):
             query = [(k, v) for k, v in parse_qsl(request.query_string.decode(), keep_blank_values=True) if k != "_offset"]
             query.append(("_offset", str(offset + self.page_size)))
@@ -207,6 +221,17 @@ class FhirServer:
 
             bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?{urlencode(query)}"}]
         return bundle
+
+
+    def _referenced_medications(self, page: list[dict]) -> list[dict]:
+        found: dict[str, dict] = {}
+        for record in page:
+            ref = (record.get("medicationReference") or {}).get("reference", "")
+            if ref.startswith("Medication/") and ref not in found:
+                medication = self.store.read("Medication", ref.split("/", 1)[1])
+                if medication is not None:
+                    found[ref] = medication
+        return list(found.values())
 
 
 def bundle(resources: list[dict], next_url: str | None = None, extra_entries: list[dict] | None = None) -> Response:

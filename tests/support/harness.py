@@ -1,8 +1,15 @@
 """The scenario harness: the CDS service and a FHIR server, both really serving on loopback.
 
-A scenario runs through the HTTP API like an EHR would call it, in one of two modes:
-  prefetch  the EHR resolves the service's discovery templates against the chart
+A scenario runs through the HTTP API like an EHR would call it, in one of these modes:
+  prefetch  the EHR resolves the service's discovery templates against the chart (a strict
+            CDS Hooks 2.0 client: it knows no other token)
   fetch     no prefetch; the service fetches from the FHIR server with the bearer token
+  broad     prefetch holding more than asked: every search key gets all the patient's
+            resources of its type (no code, status or date filter)
+`chart` replaces the scenario's chart (e.g. medications rewritten as medicationReference);
+`includes` puts the Medications the records reference into each prefetched Bundle, and
+makes the FHIR server's searches answer them as _include entries; `server_too` sends
+fhirServer and the token along with the prefetch (Medications are then read from it).
 """
 
 from __future__ import annotations
@@ -75,15 +82,27 @@ class Harness:
         assert len(matches) == 1, f"expected one service for {hook}, found {[s['id'] for s in matches]}"
         return matches[0]
 
-    def run(self, scenario: Scenario, mode: str, explain: bool = False) -> dict:
+    def run(self, scenario: Scenario, mode: str, explain: bool = False, chart: list[dict] | None = None,
+            includes: bool = False, server_too: bool = False) -> dict:
         with self.lock:  # the clock and the FHIR server's chart are shared
             self.clock.now = scenario.now
-            self.fhir.reset(scenario.chart)
+            self.fhir.reset(scenario.chart if chart is None else chart)
+            self.fhir.include_medications = includes
             service = self.service_for(scenario.hook)
             body: dict[str, Any] = {"hook": scenario.hook, "hookInstance": str(uuid.uuid4()), "context": scenario.context()}
-            if mode == "prefetch":
-                body["prefetch"] = build_prefetch(service.get("prefetch", {}), body["context"], self.fhir.store, scenario.now.date())
-            else:
+            if mode in ("prefetch", "broad"):
+                templates = service.get("prefetch", {})
+                if mode == "prefetch":
+                    body["prefetch"] = build_prefetch(templates, body["context"], self.fhir.store, scenario.now.date())
+                else:
+                    body["prefetch"] = broad_prefetch(templates, body["context"], self.fhir.store)
+                if includes:
+                    for value in body["prefetch"].values():
+                        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+                            value["entry"] = value.get("entry", []) + [
+                                {"resource": m, "search": {"mode": "include"}}
+                                for m in self.fhir._referenced_medications([e["resource"] for e in value.get("entry", [])])]
+            if mode == "fetch" or server_too:
                 body["fhirServer"] = self.fhir.base
                 body["fhirAuthorization"] = {"access_token": self.fhir.token, "token_type": "Bearer",
                                              "expires_in": 300, "scope": "user/*.read", "subject": "mm-cds"}
@@ -92,4 +111,22 @@ class Harness:
             assert response.status_code == 200, f"HTTP {response.status_code}: {response.text}"
             result = response.json()
             result["_fetched"] = len(self.fhir.requests)
+            result["_medication_reads"] = sum(1 for r in self.fhir.requests if r.path.startswith("/fhir/Medication/"))
             return result
+
+
+def broad_prefetch(templates: dict[str, str], context: dict, store) -> dict:
+    """Each search key answered with every resource of its type for the patient; reads as asked."""
+    prefetch: dict[str, Any] = {}
+    for key, template in templates.items():
+        path, _, search = template.partition("?")
+        kind = path.split("/")[0]
+        if not search:
+            rid = context.get("patientId") if kind == "Patient" else context.get("encounterId")
+            found = store.read(kind, rid) if isinstance(rid, str) else None
+            if found is not None or kind == "Patient":
+                prefetch[key] = found
+            continue
+        matches = store.search(kind, [("patient", context["patientId"])])
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in matches]}
+    return prefetch

@@ -1,0 +1,213 @@
+"""Medications as EHRs send them: every scenario agrees when the chart's medications are
+medicationReference (contained; the Medication in the Bundle; only on the FHIR server),
+in both data modes, and when prefetch holds more than the templates asked.
+
+The loopback FHIR server searches like a real one: `code` never follows a reference, an
+unknown parameter is a 400, pages of 20. The EHR side fills prefetch from the discovery
+templates with CDS Hooks 2.0 tokens only (tests/support/ehr.py refuses any other).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+
+import pytest
+
+from cds_service import create_app, scenarios
+from cds_service.knowledge import MEDICATION_RECORD_TYPES
+
+from .conftest import NOW
+from .support.fhir_server import FhirServer
+from .support.harness import Harness
+from .support.requests_ import RXNORM, order_sign
+from .test_fetch import PATIENT, SIGN, codes, trace, with_server
+
+SCENARIOS = [s for path in sorted(scenarios.DEFAULT_FOLDER.glob("*.yaml")) if not path.name.startswith("_")
+             for s in scenarios.load_file(path)]
+
+
+def medication_id(concept: dict) -> str:
+    return "med-" + hashlib.sha1(json.dumps(concept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def as_references(chart: list[dict], form: str) -> tuple[list[dict], int]:
+    """The chart with every medicationCodeableConcept turned into a medicationReference:
+    `contained` (#m), or `Medication/{id}` with the Medication added to the chart (the
+    server holds it; the harness may also put it in prefetched Bundles)."""
+    out: list[dict] = []
+    medications: dict[str, dict] = {}
+    rewritten = 0
+    for resource in copy.deepcopy(chart):
+        concept = resource.get("medicationCodeableConcept") if resource.get("resourceType") in MEDICATION_RECORD_TYPES else None
+        if concept is None:
+            out.append(resource)
+            continue
+        rewritten += 1
+        del resource["medicationCodeableConcept"]
+        if form == "contained":
+            resource["contained"] = [*resource.get("contained", []), {"resourceType": "Medication", "id": "m", "code": concept}]
+            resource["medicationReference"] = {"reference": "#m"}
+        else:
+            mid = medication_id(concept)
+            medications[mid] = {"resourceType": "Medication", "id": mid, "code": concept}
+            resource["medicationReference"] = {"reference": f"Medication/{mid}"}
+        out.append(resource)
+    return out + list(medications.values()), rewritten
+
+
+# form -> harness options; modes each form runs in
+FORMS = {
+    "inline": {},
+    "contained": {},
+    "bundle": {"includes": True},
+    "server": {"server_too": True},
+}
+
+
+def run_all(live: Harness, form: str, mode: str) -> tuple[int, int, list[str], list[int]]:
+    """(scenarios run, agreeing, problems, Medication reads per call)."""
+    run = agree = 0
+    problems: list[str] = []
+    reads: list[int] = []
+    for scenario in SCENARIOS:
+        base_mode = "prefetch" if mode == "broad" else mode
+        if base_mode not in scenario.modes:
+            continue
+        chart, rewritten = (scenario.chart, 0) if form == "inline" else as_references(scenario.chart, form)
+        run += 1
+        response = live.run(scenario, mode, chart=chart, **FORMS[form])
+        found = scenarios.check(scenario, response["cards"]).problems
+        if found:
+            problems.append(f"{scenario.name}: {'; '.join(found)}")
+        else:
+            agree += 1
+        if rewritten:
+            reads.append(response["_medication_reads"])
+    return run, agree, problems, reads
+
+
+@pytest.mark.parametrize("form, mode", [(form, mode) for form in FORMS for mode in ("prefetch", "fetch")]
+                         + [("inline", "broad"), ("server", "broad")])
+def test_every_scenario_agrees_whatever_the_medication_form(live, form, mode):
+    run, agree, problems, reads = run_all(live, form, mode)
+    print(f"\n{form:>9} {mode:>8}: {agree}/{run} scenarios agree; Medication reads per call with "
+          f"medications: max {max(reads, default=0)}, mean {sum(reads) / max(len(reads), 1):.1f}")
+    assert run > 100
+    assert not problems, "\n".join(problems[:20])
+    if form == "server":
+        assert reads and max(reads) > 0  # the Medications were read from the server
+    elif form != "inline":
+        assert reads and max(reads) == 0  # contained or in the Bundle: nothing read
+
+
+# -- direct cases -----------------------------------------------------------------------------
+TEC = {"system": RXNORM, "code": "2619432"}  # teclistamab (the shipped value set holds it)
+ACYCLOVIR = {"system": RXNORM, "code": "281"}  # acyclovir, in the HSV/VZV prophylaxis value set
+
+
+def administration(rid: str, reference: str, **extra) -> dict:
+    return {"resourceType": "MedicationAdministration", "id": rid, "status": "completed",
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-06-01",
+            "medicationReference": {"reference": reference}, **extra}
+
+
+@pytest.fixture()
+def fhir():
+    with FhirServer() as server:
+        yield server
+
+
+def test_medications_are_read_once_each_concurrently_with_the_bearer_token(kb, fhir):
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    teclistamab = {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}
+    fhir.reset([PATIENT, teclistamab] + [administration(f"a{i}", "Medication/tec") for i in range(30)])
+    response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    medication_reads = [r for r in fhir.requests if r.path.startswith("/fhir/Medication/")]
+    assert [r.path for r in medication_reads] == ["/fhir/Medication/tec"]  # 30 records, one read
+    assert {r.authorization for r in medication_reads} == {"Bearer test-token"}
+    # the administrations are seen as teclistamab: a prior exposure, so no first-dose cards
+    note = trace(response)["dataRequirements"]["bsabAdministrations"]["note"]
+    assert "30 resolved (0 contained, 0 in the request's Bundles, 30 read from fhirServer)" in note
+    assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
+
+
+def test_an_ingredient_code_counts_for_value_set_membership(kb, fhir):
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    kit = {"resourceType": "Medication", "id": "kit", "code": {"text": "local kit, no standard code"},
+           "ingredient": [{"itemCodeableConcept": {"coding": [TEC]}}]}
+    fhir.reset([PATIENT, kit, administration("a1", "Medication/kit")])
+    response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 1
+
+
+def test_an_unresolvable_reference_is_412_naming_the_key_and_the_reference(kb, fhir):
+    app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    fhir.reset([PATIENT, administration("a1", "Medication/gone")])
+    response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert response.status_code == 412
+    issue = response.get_json()["issue"][0]
+    assert "Medication/gone could not be resolved" in issue["diagnostics"]
+    assert issue["expression"] == ["bsabAdministrations"]
+
+
+def test_a_reference_in_prefetch_without_a_fhir_server_is_412(client):
+    keys = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}["mm-tcell-order-sign"]["prefetch"]
+    prefetch: dict = {key: None for key in keys}
+    prefetch["patient"] = PATIENT
+    prefetch["bsabAdministrations"] = {"resourceType": "Bundle", "type": "searchset",
+                                       "entry": [{"resource": administration("a1", "Medication/tec")}]}
+    response = client.post(SIGN, json=order_sign(prefetch=prefetch))
+    assert response.status_code == 412
+    assert "no fhirServer to read them from" in response.get_json()["issue"][0]["diagnostics"]
+    # the same Medication in the Bundle (an _include result): resolved, nothing to fetch
+    prefetch["bsabAdministrations"]["entry"].append(
+        {"resource": {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}, "search": {"mode": "include"}})
+    assert client.post(SIGN, json=order_sign(prefetch=prefetch)).status_code == 200
+
+
+def test_an_administration_takes_the_medication_of_its_request(kb, fhir):
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    request = {"resourceType": "MedicationRequest", "id": "r1", "status": "completed", "intent": "order",
+               "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/tec"}}
+    given = {"resourceType": "MedicationAdministration", "id": "a1", "status": "completed",
+             "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-06-01",
+             "request": {"reference": "MedicationRequest/r1"}}
+    fhir.reset([PATIENT, request, given, {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}])
+    response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 1
+    assert [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")] == ["/fhir/Medication/tec"]
+
+
+def test_a_medication_read_that_times_out_is_412_within_the_deadline(kb, fhir):
+    app = create_app({"fetch_timeout": 1.0}, kb=kb, clock=lambda: NOW)
+    fhir.reset([PATIENT, administration("a1", "Medication/tec"),
+                {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}])
+    fhir.fault = lambda req: (time.sleep(3) or None) if req.path.startswith("/fhir/Medication/") else None
+    started = time.monotonic()
+    response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert response.status_code == 412
+    assert time.monotonic() - started < 1.2
+    assert "Medication/tec could not be resolved" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_cards_do_not_change_when_a_prophylaxis_order_is_a_reference(kb, fhir):
+    """Prophylaxis already ordered, sent as a reference, is seen (the card stays quiet)."""
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    order = {"resourceType": "MedicationRequest", "id": "acv", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-06-01",
+             "medicationReference": {"reference": "Medication/acv"}}
+    inline = dict(order, medicationCodeableConcept={"coding": [ACYCLOVIR]})
+    del inline["medicationReference"]
+    fhir.reset([PATIENT])
+    without = codes(app.test_client().post(SIGN, json=with_server(order_sign(), fhir)))
+    fhir.reset([PATIENT, inline])
+    expected = codes(app.test_client().post(SIGN, json=with_server(order_sign(), fhir)))
+    fhir.reset([PATIENT, order, {"resourceType": "Medication", "id": "acv", "code": {"coding": [ACYCLOVIR]}}])
+    assert codes(app.test_client().post(SIGN, json=with_server(order_sign(), fhir))) == expected
+    assert expected != without  # the order matters: seen inline, and seen as a reference
