@@ -20,7 +20,7 @@ import requests
 
 from .support.nginx import nginx_missing
 from .support.postgres import PostgresCluster, binaries
-from .support.replicas import CLI, HOOK, Load, Replicas
+from .support.replicas import CLI, Load, Replicas
 
 pytestmark = [pytest.mark.slow, pytest.mark.gunicorn, pytest.mark.nginx, pytest.mark.postgres]
 
@@ -132,7 +132,6 @@ def test_issued_card_and_replay_tables_stay_bounded(replicas):
     # then goes at its worker's next purge (every 1000 cards it writes, up to twice as many).
     jti_bound = int(rate * (LIFETIME + LEEWAY) * 3 + 4 * 256)
     card_bound = int(rate * cards_per_call * RETENTION_SECONDS * 2 + 4 * 1000 * 2) + cards_before
-    assert cards_before < BOUNDED_CALLS
     peak_cards, peak_jti = max(s[1] for s in samples), max(s[2] for s in samples)
     print(f"\n(e) {BOUNDED_CALLS} calls in {load.seconds:.1f} s ({rate:.0f}/s), {dict(statuses)}; "
           f"issued cards: peak {peak_cards}, end {samples[-1][1]} (bound {card_bound}, "
