@@ -93,6 +93,7 @@ def main() -> int:
         load = Load(lambda s: shape.hook_call(s, lifetime=args.lifetime).status_code, threads=args.threads,
                     total=args.calls).start()
         statuses = load.join()
+        calls = sum(statuses.values())
         stop.set()
         sampler.join()
         load2 = os.getloadavg()
@@ -102,11 +103,11 @@ def main() -> int:
         written = shape.query("SELECT n_tup_ins, n_tup_del, relname FROM pg_stat_user_tables")
         print(f"load average before {load1[0]:.2f} {load1[1]:.2f}, after {load2[0]:.2f} {load2[1]:.2f}; "
               f"{os.cpu_count()} cores")
-        print(f"{args.calls} calls, {args.threads} threads, through nginx: {dict(statuses)} in {load.seconds:.1f} s "
-              f"= {args.calls / load.seconds:.0f} requests/s")
-        print(f"CPU seconds: replicas {used['replicas']:.1f} ({args.calls / used['replicas']:.0f} requests per "
-              f"CPU-second, {1000 * used['replicas'] / args.calls:.2f} ms per call), nginx {used['nginx']:.1f}, "
-              f"PostgreSQL {pg_used:.1f} ({1000 * pg_used / args.calls:.2f} ms per call)")
+        print(f"{calls} calls, {args.threads} threads, through nginx: {dict(statuses)} in {load.seconds:.1f} s "
+              f"= {calls / load.seconds:.0f} requests/s")
+        print(f"CPU seconds: replicas {used['replicas']:.1f} ({calls / used['replicas']:.0f} requests per "
+              f"CPU-second, {1000 * used['replicas'] / calls:.2f} ms per call), nginx {used['nginx']:.1f}, "
+              f"PostgreSQL {pg_used:.1f} ({1000 * pg_used / calls:.2f} ms per call)")
         print("worker RSS (MiB): " + ", ".join(f"{n} {[round(k / 1024) for k in v]}" for n, v in rss.items()))
         print("rows inserted / deleted since start (pg_stat_user_tables): "
               + ", ".join(f"{name} +{ins} -{dele}" for ins, dele, name in sorted(written, key=lambda r: r[2])))
@@ -115,7 +116,10 @@ def main() -> int:
         print(f"issued_cards peak {max(s[0] for s in samples)}, replay_jti peak {max(s[1] for s in samples)} "
               f"({len(samples)} samples)")
         size = shape.query("SELECT pg_database_size(current_database())")[0][0]
-        print(f"database size {size / 2**20:.1f} MiB")
+        shape.query("VACUUM FULL issued_cards")
+        rows, table = shape.query("SELECT COUNT(*), pg_total_relation_size('issued_cards') FROM issued_cards")[0]
+        print(f"database size {size / 2**20:.1f} MiB; issued_cards after VACUUM FULL: {rows} rows, {table} bytes "
+              f"with its indexes = {table / max(rows, 1):.0f} bytes per card")
         return 0 if statuses == {"200": args.calls} else 1
     finally:
         if hasattr(shape, "proxy"):

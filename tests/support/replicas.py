@@ -141,7 +141,8 @@ jwks_file = "jwks.json"
     # -- the database --------------------------------------------------------------------
     def query(self, text: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return list(conn.execute(text, params).fetchall())
+            cursor = conn.execute(text, params)
+            return list(cursor.fetchall()) if cursor.description else []
 
     def count(self, table: str) -> int:
         return int(self.query(f"SELECT COUNT(*) FROM {table}")[0][0])
@@ -185,8 +186,9 @@ class Load:
         return self.join()
 
     def join(self) -> Counter[str]:
+        """Waits for every thread (with `total`: until all calls are made)."""
         for thread in self._threads:
-            thread.join(timeout=60)
+            thread.join()
         self.seconds = time.monotonic() - self.started
         return self.statuses
 
