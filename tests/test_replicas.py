@@ -129,9 +129,11 @@ def test_issued_card_and_replay_tables_stay_bounded(replicas):
     cards_per_call = 8
     # A jti row lives LIFETIME + LEEWAY s, then goes at the next purge (every 256 accepted
     # tokens per worker, 4 workers, 1000 rows a time); a card record lives RETENTION_SECONDS,
-    # then goes at its worker's next purge (every 1000 cards it writes, up to twice as many).
+    # then goes at its worker's next purge (every 1000 cards it writes, up to twice as many;
+    # a commit may hold one call per client thread). Twice the rate, for its ups and downs.
+    # The rows left by the tests before are old: deleted during the run.
     jti_bound = int(rate * (LIFETIME + LEEWAY) * 3 + 4 * 256)
-    card_bound = int(rate * cards_per_call * RETENTION_SECONDS * 2 + 4 * 1000 * 2) + cards_before
+    card_bound = int(rate * cards_per_call * RETENTION_SECONDS * 2) + 4 * (1000 + cards_per_call * 6) + cards_before
     peak_cards, peak_jti = max(s[1] for s in samples), max(s[2] for s in samples)
     print(f"\n(e) {BOUNDED_CALLS} calls in {load.seconds:.1f} s ({rate:.0f}/s), {dict(statuses)}; "
           f"issued cards: peak {peak_cards}, end {samples[-1][1]} (bound {card_bound}, "
