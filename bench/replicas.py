@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,8 @@ def main() -> int:
         print("PostgreSQL binaries missing (apt-get install postgresql)")
         return 2
     cluster = PostgresCluster(bindir).start()
-    shape = Replicas(Path(tempfile.mkdtemp(prefix="mm-cds-replicas-")), cluster, issued_card_seconds=args.retention,
+    root = Path(tempfile.mkdtemp(prefix="mm-cds-replicas-"))
+    shape = Replicas(root, cluster, issued_card_seconds=args.retention,
                      leeway=1)
     try:
         shape.start()
@@ -125,6 +127,7 @@ def main() -> int:
         if hasattr(shape, "proxy"):
             shape.stop()
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
