@@ -82,6 +82,7 @@ class Settings:
     data_dir: str = "./data"  # the SQLite feedback database lives here
     database_url: str = ""  # postgresql://... : feedback in PostgreSQL instead of SQLite
     feedback_queue_size: int = 10000  # writes waiting for the background writer
+    issued_card_days: float = 365.0  # issued-card records older than this are deleted (0: kept forever)
     feedback_wait: float = 0.8  # seconds a feedback POST waits for its commit, then 503 (a thread is held meanwhile)
     security: dict[str, Any] = field(default_factory=dict)  # the [security] table
     config_file: str = ""  # set by load(): relative paths in [security] resolve beside it

@@ -12,6 +12,7 @@ import pytest
 
 from cds_service import cli, create_app, feedback, web
 from cds_service.errors import ConfigurationError
+from cds_service.feedback import Writer
 
 from .conftest import NOW
 from .support.requests_ import empty_prefetch, order_sign
@@ -288,7 +289,7 @@ def test_the_data_dir_is_created_and_the_schema_versioned(make_app, tmp_path):
     assert (tmp_path / "nested" / "data" / "feedback.sqlite3").is_file()
     writer = web.state_of(app).feedback
     conn = writer.db.connect()
-    assert [r["version"] for r in feedback.query(writer.db, conn, "SELECT version FROM schema_migrations")] == [1]
+    assert [r["version"] for r in feedback.query(writer.db, conn, "SELECT version FROM schema_migrations")] == [1, 2]
     conn.close()
 
 
@@ -296,3 +297,37 @@ def test_an_unreachable_database_stops_startup_without_showing_the_password(kb):
     with pytest.raises(ConfigurationError, match=r"feedback database \(PostgreSQL 127.0.0.1:1/x\) unusable") as refused:
         create_app({"database_url": "postgresql://u:s3cret@127.0.0.1:1/x"}, kb=kb)
     assert "s3cret" not in str(refused.value)
+
+
+def _card(uuid_: str, issued_at: datetime.datetime) -> feedback.CardRow:
+    return feedback.CardRow(card_uuid=uuid_, service_id="mm-tcell-order-sign", hook_instance="h", code="SEQ-1",
+                            plan_url="u", plan_version=None, suggestions=(), issued_at=issued_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def test_issued_cards_older_than_the_retention_are_deleted_in_bounded_batches(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    writer = Writer(db, issued_card_days=1).start()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    old = [_card(f"old-{i}", now - datetime.timedelta(days=2)) for i in range(2500)]
+    fresh = [_card(f"new-{i}", now) for i in range(10)]
+    writer.record_cards(old[:900])
+    assert writer.flush()
+    writer.record_cards(old[900:])  # 2500 since the last delete: one delete of at most 5000 old rows
+    writer.record_cards(fresh)
+    assert writer.flush()
+    conn = db.connect()
+    left = feedback.query(db, conn, "SELECT card_uuid FROM issued_cards")
+    conn.close()
+    writer.close()
+    assert sorted(r["card_uuid"] for r in left) == sorted(c.card_uuid for c in fresh)
+    assert writer.purged_cards == 2500
+
+
+def test_without_retention_issued_cards_are_kept(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    writer = Writer(db, issued_card_days=0).start()
+    writer.record_cards([_card(f"old-{i}", datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))
+                         for i in range(1500)])
+    assert writer.flush()
+    writer.close()
+    assert writer.purged_cards == 0

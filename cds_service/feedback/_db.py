@@ -7,6 +7,7 @@ replay store shares the database).
                    (service, hookInstance) and when. Any replica can then link feedback
                    for a card another replica issued.
     feedback       one row per distinct feedback item (see idempotency_key), as received.
+    (issued_cards rows older than issued_card_days are deleted by the writer: retention)
     feedback_linked  a view: each feedback row with its card's facts, linked = 0 when the
                    card is unknown (yet): linking happens when read, so a card record still
                    on its way from another replica links as soon as it lands.
@@ -59,6 +60,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                    c.issued_at, CASE WHEN c.card_uuid IS NULL THEN 0 ELSE 1 END AS linked
             FROM feedback f LEFT JOIN issued_cards c ON c.card_uuid = f.card_uuid""",
     ),
+    ("CREATE INDEX issued_cards_issued_at ON issued_cards (issued_at)",),  # retention (issued_card_days)
 )
 
 
@@ -158,6 +160,14 @@ def insert_feedback(db: Database, cur: Any, rows: Sequence[FeedbackRow]) -> int:
                                 r.override_display, r.user_comment, r.received_at))
         new += max(cur.rowcount, 0)
     return new
+
+
+def purge_cards(db: Database, cur: Any, before: str, limit: int) -> int:
+    """Deletes at most `limit` issued-card records issued before `before` (a timestamp());
+    returns how many. Their feedback rows stay (unlinked from then on)."""
+    cur.execute(db.sql("DELETE FROM issued_cards WHERE card_uuid IN"
+                       f" (SELECT card_uuid FROM issued_cards WHERE issued_at < ? LIMIT {int(limit)})"), (before,))
+    return max(cur.rowcount, 0)
 
 
 def query(db: Database, conn: Any, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

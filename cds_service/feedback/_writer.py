@@ -9,10 +9,16 @@ waits longer than feedback_wait gets 503, its rows still queued, and the client'
 is harmless (feedback is idempotent). If the queue is full, issued-card records are
 dropped and logged rather than slowing the clinician's hook call; feedback arriving for
 those cards is kept, unlinked.
+
+Retention: after every PURGE_EVERY card records it writes, the writer deletes (in the same
+transaction) up to twice as many records older than issued_card_days, so the table holds
+about the cards of the retention window (plus PURGE_EVERY per process) however long the
+service runs; the index on issued_at keeps that delete cheap.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import threading
@@ -29,6 +35,7 @@ from cds_service.feedback._db import CardRow, Database, FeedbackRow
 log = logging.getLogger(__name__)
 BATCH = 500
 MAX_BACKOFF = 5.0
+PURGE_EVERY = 1000  # card records written between two retention deletes
 
 
 @dataclass
@@ -41,8 +48,11 @@ class _Job:
 
 
 class Writer:
-    def __init__(self, db: Database, queue_size: int = 10000):
+    def __init__(self, db: Database, queue_size: int = 10000, issued_card_days: float = 0.0):
         self.db = db
+        self.retention = dt.timedelta(days=issued_card_days) if issued_card_days > 0 else None
+        self._cards_since_purge = 0
+        self.purged_cards = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(queue_size, 1))
         self._conn: Any = None
         self._closing = threading.Event()
@@ -153,13 +163,23 @@ class Writer:
     def _commit(self, batch: list[_Job]) -> None:
         if self._conn is None:
             self._conn = self.db.connect()
+        cards = [r for job in batch for r in job.cards]
+        purge = self.retention is not None and self._cards_since_purge + len(cards) >= PURGE_EVERY
         with self.db.transaction(self._conn) as cur:
-            feedback_db.insert_cards(self.db, cur, [r for job in batch for r in job.cards])
+            feedback_db.insert_cards(self.db, cur, cards)
             news = [feedback_db.insert_feedback(self.db, cur, job.feedback) for job in batch]
+            purged = self._purge(cur, 2 * (self._cards_since_purge + len(cards))) if purge else 0
         self._down.clear()
+        self._cards_since_purge = 0 if purge else self._cards_since_purge + len(cards)
+        self.purged_cards += purged
         for job, new in zip(batch, news, strict=False):
             job.new = new
             job.done.set()
+
+    def _purge(self, cur: Any, limit: int) -> int:
+        assert self.retention is not None
+        before = feedback_db.timestamp(dt.datetime.now(dt.timezone.utc) - self.retention)
+        return feedback_db.purge_cards(self.db, cur, before, limit)
 
     def _isolate(self, batch: list[_Job], exc: Exception) -> None:
         """Rows the database refuses for what they hold (not for being down) would block
@@ -188,7 +208,7 @@ def open_writer(settings: Settings, migrate: bool = True) -> Writer:
     """The database from the settings, schema up to date, its writer thread running."""
     db = feedback_db.open_database(settings.database_url, settings.data_dir)
     try:
-        return Writer(db, settings.feedback_queue_size).start(migrate)
+        return Writer(db, settings.feedback_queue_size, settings.issued_card_days).start(migrate)
     except Exception as exc:  # unreachable server, bad credentials, unwritable file...
         raise ConfigurationError(f"feedback database ({db}) unusable: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from None

@@ -43,12 +43,15 @@ def free_ports(count: int) -> list[int]:
 class Proxy:
     """deploy/nginx/run.py on a free public port, gunicorn on a free internal one.
 
-    `settings` become MM_CDS_* variables (e.g. workers="2"); `upstream` ("host:port")
-    starts nginx only, in front of that address."""
+    `settings` become MM_CDS_* variables (e.g. workers="2"); `upstream` ("host:port", or a
+    list of them: a load balancer) starts nginx only, in front of those addresses; `port`
+    is the public port (default: a free one)."""
 
-    def __init__(self, workdir: Path, upstream: str | None = None, **settings: str) -> None:
+    def __init__(self, workdir: Path, upstream: str | list[str] | None = None, port: int | None = None,
+                 **settings: str) -> None:
         self.workdir = workdir
         self.port, self.internal_port = free_ports(2)
+        self.port = port or self.port
         self.base = f"http://127.0.0.1:{self.port}"
         self.internal = f"http://127.0.0.1:{self.internal_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_CDS_", "PROMETHEUS_", "GUNICORN_"))}
@@ -58,8 +61,8 @@ class Proxy:
         self.run_dir = workdir / "run"
         command = [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", str(self.port),
                    "--internal-port", str(self.internal_port), "--run-dir", str(self.run_dir)]
-        if upstream:
-            command += ["--upstream", upstream]
+        for address in [upstream] if isinstance(upstream, str) else upstream or []:
+            command += ["--upstream", address]
         self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(command, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
