@@ -11,6 +11,7 @@ that got a 200; the issued-card and replay tables stay bounded by their expiry.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ import time
 import pytest
 import requests
 
-from .support.nginx import nginx_missing
+from .support.nginx import require_nginx
 from .support.postgres import PostgresCluster, binaries
 from .support.replicas import CLI, Load, Replicas
 
@@ -32,10 +33,11 @@ BOUNDED_CALLS = 3000  # (e) in the test; bench/replicas.py runs 20,000
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
-    if nginx_missing():
-        pytest.skip(nginx_missing())
+    require_nginx()
     bindir = binaries()
     if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries missing (apt-get install postgresql)", pytrace=False)
         pytest.skip("PostgreSQL binaries missing (apt-get install postgresql)")
     cluster = PostgresCluster(bindir).start()
     shape = Replicas(tmp_path_factory.mktemp("replicas"), cluster, issued_card_seconds=RETENTION_SECONDS,

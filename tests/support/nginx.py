@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -24,6 +25,15 @@ START_SECONDS = 90
 def nginx_missing() -> str | None:
     """Why the proxy cannot run here, or None."""
     return None if os.access(NGINX, os.X_OK) else f"{NGINX} missing (apt-get install nginx; .ci/run does)"
+
+
+def require_nginx() -> None:
+    """Skip on a developer's machine without nginx; in CI (CI=true) a missing nginx fails."""
+    missing = nginx_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(missing)
 
 
 def free_ports(count: int) -> list[int]:
