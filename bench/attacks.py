@@ -59,46 +59,12 @@ def free_port() -> int:
 
 
 # -- servers the bench owns -------------------------------------------------------------
-class Trickle:
-    """A 'FHIR server' that answers 200 with Content-Length: 60 and sends a byte every 0.5 s."""
+class _SocketServer:
+    """A loopback listener that counts connections and answers each in its own thread."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}/fhir"
-        self.hits = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn: socket.socket) -> None:
-        try:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 60\r\n\r\n")
-            for _ in range(60):
-                conn.sendall(b" ")
-                time.sleep(0.5)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-
-class Recorder:
-    """Counts connections to a loopback port (an 'internal service' SSRF would reach)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
@@ -112,12 +78,40 @@ class Recorder:
             except OSError:
                 return
             self.hits += 1
-            try:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            self.reply(conn)
+        except OSError:
+            pass
+        finally:
             conn.close()
+
+    def reply(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class Trickle(_SocketServer):
+    """A 'FHIR server' that answers 200 with Content-Length: 60 and sends a byte every 0.5 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+
+    def reply(self, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 60\r\n\r\n")
+        for _ in range(60):
+            conn.sendall(b" ")
+            time.sleep(0.5)
+
+
+class Recorder(_SocketServer):
+    """Counts connections to a loopback port (an 'internal service' SSRF would reach)."""
+
+    def reply(self, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 class KeyServer:

@@ -138,14 +138,8 @@ class ScenarioFailure(Exception):
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL cluster started for this test run. In CI it must start: no skipping."""
-    from .support.postgres import PostgresCluster, binaries
+    from .support.postgres import PostgresCluster, require_binaries
 
-    bindir = binaries()
-    if bindir is None:
-        message = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (.ci/run installs them)", pytrace=False)
-        pytest.skip(message)
-    cluster = PostgresCluster(bindir).start()
+    cluster = PostgresCluster(require_binaries()).start()
     yield cluster
     cluster.stop()

@@ -22,7 +22,7 @@ from cds_service import create_app, feedback, web
 
 from .conftest import NOW
 from .support.gunicorn import Gunicorn
-from .support.postgres import PostgresCluster, binaries
+from .support.postgres import PostgresCluster, require_binaries
 from .support.requests_ import empty_prefetch, order_sign
 
 SIGN = "/cds-services/mm-tcell-order-sign"
@@ -33,12 +33,7 @@ WHEN = "2026-06-15T12:05:31Z"
 @pytest.fixture()
 def own_postgres():
     """A cluster of this test's own: stopping it must not disturb the session's."""
-    bindir = binaries()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL binaries not found", pytrace=False)
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
-    cluster = PostgresCluster(bindir).start()
+    cluster = PostgresCluster(require_binaries()).start()
     yield cluster
     cluster.stop()
 

@@ -222,17 +222,22 @@ def test_same_server_compares_normalised_urls(url, same):
     assert same_server(BASE, url) is same
 
 
+def _igg_page_then(client, next_url: str) -> dict:
+    """Prefetch with every key empty but the patient, and an IgG page whose next link is `next_url`."""
+    keys = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}["mm-tcell-order-sign"]["prefetch"]
+    prefetch: dict = {key: None for key in keys}
+    prefetch["patient"] = PATIENT
+    prefetch["igg"] = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+                       "link": [{"relation": "next", "url": next_url}]}
+    return prefetch
+
+
 @pytest.mark.parametrize("path", ["/fhir/../../admin/page2", "/fhir/%2e%2e/admin/page2", "/fhir/./../admin/page2"])
 def test_a_next_link_with_dot_segments_is_not_followed_and_the_token_stays_home(kb, path, client):
     app = create_app({"fetch_timeout": FETCH_TIMEOUT}, kb=kb, clock=lambda: NOW)
     with FhirServer() as fhir:
         fhir.reset([PATIENT, LOW_IGG])
-        keys = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}["mm-tcell-order-sign"]["prefetch"]
-        prefetch: dict = {key: None for key in keys}
-        prefetch["patient"] = PATIENT
-        origin = fhir.base[: -len("/fhir")]
-        prefetch["igg"] = {"resourceType": "Bundle", "type": "searchset", "entry": [],
-                           "link": [{"relation": "next", "url": origin + path}]}
+        prefetch = _igg_page_then(client, fhir.base[: -len("/fhir")] + path)
         response = app.test_client().post(SIGN, json=with_server(order_sign(prefetch=prefetch), fhir))
         assert response.status_code == 412
         assert response.get_json()["issue"][0]["expression"] == ["igg"]
@@ -244,11 +249,7 @@ def test_a_next_link_differing_only_in_case_and_default_form_is_followed(kb, cli
     app = create_app({"fetch_timeout": FETCH_TIMEOUT}, kb=kb, clock=lambda: NOW)
     with FhirServer() as fhir:
         fhir.reset([PATIENT, LOW_IGG])
-        keys = {s["id"]: s for s in client.get("/cds-services").get_json()["services"]}["mm-tcell-order-sign"]["prefetch"]
-        prefetch: dict = {key: None for key in keys}
-        prefetch["patient"] = PATIENT
-        prefetch["igg"] = {"resourceType": "Bundle", "type": "searchset", "entry": [],
-                           "link": [{"relation": "next", "url": "HTTP" + fhir.base[4:] + "/Observation?patient=p1"}]}
+        prefetch = _igg_page_then(client, "HTTP" + fhir.base[4:] + "/Observation?patient=p1")
         response = app.test_client().post(SIGN, json=with_server(order_sign(prefetch=prefetch), fhir))
         assert response.status_code == 200, response.get_data(as_text=True)
         assert "INF-4" in codes(response)

@@ -11,7 +11,6 @@ that got a 200; the issued-card and replay tables stay bounded by their expiry.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ import pytest
 import requests
 
 from .support.nginx import require_nginx
-from .support.postgres import PostgresCluster, binaries
+from .support.postgres import PostgresCluster, require_binaries
 from .support.replicas import CLI, Load, Replicas
 
 pytestmark = [pytest.mark.slow, pytest.mark.gunicorn, pytest.mark.nginx, pytest.mark.postgres]
@@ -34,12 +33,7 @@ BOUNDED_CALLS = 3000  # (e) in the test; bench/replicas.py runs 20,000
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
     require_nginx()
-    bindir = binaries()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL binaries missing (apt-get install postgresql)", pytrace=False)
-        pytest.skip("PostgreSQL binaries missing (apt-get install postgresql)")
-    cluster = PostgresCluster(bindir).start()
+    cluster = PostgresCluster(require_binaries()).start()
     shape = Replicas(tmp_path_factory.mktemp("replicas"), cluster, issued_card_seconds=RETENTION_SECONDS,
                      leeway=LEEWAY)
     try:

@@ -20,8 +20,20 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 USER = "mmcds"
+
+
+def require_binaries() -> Path:
+    """The PostgreSQL binaries' folder; without them a developer's run skips, CI fails."""
+    bindir = binaries()
+    if bindir is None:
+        message = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (.ci/run installs them)", pytrace=False)
+        pytest.skip(message)
+    return bindir
 
 
 def binaries() -> Path | None:
