@@ -71,7 +71,7 @@ class Outage:
             self.cluster.resume()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def outage(request, tmp_path) -> Outage:
     return Outage(request.param, tmp_path, request)
 
@@ -94,6 +94,7 @@ def _rows(app, sql: str) -> list[dict]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_during_an_outage_feedback_answers_within_a_second_and_hook_calls_do_not_wait(outage, kb):
     app = create_app({**outage.settings, "host": "127.0.0.1"}, kb=kb, clock=lambda: NOW)
     client = app.test_client()
@@ -136,6 +137,9 @@ def _worker_pids(master: int) -> list[int]:
     return [int(p) for p in children]
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
+@pytest.mark.postgres
 def test_kill_9_a_worker_and_stop_the_database_mid_run_nothing_that_got_a_2xx_is_lost(tmp_path, own_postgres):
     url = own_postgres.new_database()
     server = Gunicorn(tmp_path, workers="2", threads="4", database_url=url)

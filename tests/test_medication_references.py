@@ -89,6 +89,7 @@ def run_all(live: Harness, form: str, mode: str) -> tuple[int, int, list[str], l
     return run, agree, problems, reads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form, mode", [(form, mode) for form in FORMS for mode in ("prefetch", "fetch")]
                          + [("inline", "broad"), ("server", "broad")])
 def test_every_scenario_agrees_whatever_the_medication_form(live, form, mode):

@@ -26,7 +26,7 @@ ISS = "https://ehr.example.org"
 SENDS = 20
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request, tmp_path) -> dict:
     if request.param == "sqlite":
         return {"data_dir": str(tmp_path / "data")}
@@ -75,6 +75,7 @@ def test_expired_rows_are_deleted_in_bounded_batches(backend):
     assert store.first_use(ISS, "old-3", now[0] + 60) is True  # forgotten with its token
 
 
+@pytest.mark.slow
 def test_a_store_that_cannot_answer_refuses_the_token(backend, tmp_path):
     store = guard(backend)
     if "database_url" in backend:
@@ -142,6 +143,8 @@ def _start(tmp_path: Path, name: str, keys: KeyPair, **settings: str) -> Gunicor
     return server
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
 def test_under_gunicorn_with_three_workers_a_token_sent_20_times_is_accepted_once(tmp_path):
     keys = KeyPair.make("ES384")
     server = _start(tmp_path, "one", keys)
@@ -154,6 +157,9 @@ def test_under_gunicorn_with_three_workers_a_token_sent_20_times_is_accepted_onc
         assert server.stop() == 0
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
+@pytest.mark.postgres
 def test_two_instances_sharing_postgresql_accept_a_token_once(tmp_path, postgres):
     keys = KeyPair.make("ES384")
     url = postgres.new_database()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -75,6 +76,13 @@ def parse(source: str) -> Expression:
     """Strictly parse a FHIRPath expression; raises FhirPathSyntaxError."""
     if not isinstance(source, str) or not source.strip():
         raise FhirPathSyntaxError("the expression is empty")
+    return _parse(source)
+
+
+# An Expression is immutable, so one parse serves every load of the same text: a reload,
+# or an app built again in the same process, compiles only the expressions that changed.
+@functools.lru_cache(maxsize=4096)
+def _parse(source: str) -> Expression:
     lexer = FHIRPathLexer(InputStream(source))
     lexer.removeErrorListeners()
     lexer.addErrorListener(_RaiseOnError())

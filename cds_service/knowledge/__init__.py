@@ -3,7 +3,7 @@ compiled once; value sets expanded into indexed lookups; prefetch templates buil
 
 Public API:
     load(directories, base) -> KnowledgeBase   raises KnowledgeError (file, id, element, message)
-    settle()                                   freeze what is loaded out of the garbage collector
+    settle(kb=None)                            freeze what is loaded out of the garbage collector
     KnowledgeBase    .services, .plans, .terminology, .fingerprint, .files, .service_for(...)
     KINDS            the resource types a knowledge directory may hold
     Plan, Service, CardAction, SuggestionAction, ActivityDefinition, Condition, Variable,

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,18 +62,25 @@ class KnowledgeBase:
         return None
 
 
-def settle() -> None:
+_settled: list[weakref.ref] = []  # the knowledge base frozen last
+
+
+def settle(kb: KnowledgeBase | None = None) -> None:
     """Move what is alive now (the compiled knowledge, imported modules) out of the garbage
     collector's reach.
 
     The knowledge base is a large, long-lived object graph; a request parsing a big
     prefetch allocates enough to trigger full collections, which would walk it every time
     (tail latency). Frozen objects are not scanned, and after a fork their pages stay
-    shared between workers. After a reload the old knowledge is released first.
+    shared between workers. After a reload the old knowledge is released first. Settling
+    the knowledge base that was settled last does nothing.
     """
+    if kb is not None and _settled and _settled[0]() is kb:
+        return  # already frozen: another app (a test's, say) over the same knowledge
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    _settled[:] = [weakref.ref(kb)] if kb is not None else []
 
 
 def load(directories: Iterable[str | Path], base: str, date_tokens: bool = False) -> KnowledgeBase:

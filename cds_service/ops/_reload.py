@@ -145,7 +145,7 @@ def reload_knowledge(current: Any) -> ReloadResult:
         current.kb = kb  # one reference assignment: atomic; requests in flight keep their own
         metrics.set_knowledge(kb, previous)
         del previous
-        knowledge.settle()
+        knowledge.settle(kb)
         seconds = time.perf_counter() - started
         log.info("knowledge reloaded", extra={"event": "knowledge_reloaded", "was": was,
                                               "fingerprint": kb.fingerprint, "seconds": round(seconds, 3)})

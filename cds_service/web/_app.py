@@ -49,7 +49,7 @@ def create_app(
     security_config = security.load(settings)
     ops.admin_token(settings)  # a malformed reload credential stops start-up
     kb = kb or knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
-    knowledge.settle()
+    knowledge.settle(kb)
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
     # The jti replay store is the service's database: shared by every worker and replica.

@@ -10,9 +10,11 @@ context schema, and its feedback): a client or a fuzzer sees exactly what each a
 from __future__ import annotations
 
 import copy
+import functools
 import json
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from flask import Blueprint, Flask, Response
@@ -26,10 +28,23 @@ SCHEMAS = "#/components/schemas"
 
 def source() -> dict[str, Any]:
     """openapi.yaml as written (external references to schemas/*.json left as they are)."""
+    return copy.deepcopy(_parsed())
+
+
+@functools.cache
+def _parsed() -> dict[str, Any]:
     return yaml.safe_load(resources.files("cds_service").joinpath("openapi.yaml").read_text())
 
 
-def build(services: list[Service]) -> dict[str, Any]:
+class Described(NamedTuple):
+    """What the description says of one service."""
+
+    id: str
+    hook: str
+    title: str
+
+
+def build(services: Sequence[Described]) -> dict[str, Any]:
     doc = source()
     schemas = doc["components"]["schemas"]
     for name, schema in schemas.items():
@@ -63,16 +78,16 @@ def _repoint(node: Any, at: str) -> Any:
     return node
 
 
-def _concrete(generic: dict[str, Any], service: Service, verb: str) -> dict[str, Any]:
+def _concrete(generic: dict[str, Any], service: Described, verb: str) -> dict[str, Any]:
     """The generic operation for one service: its own id, no serviceId parameter."""
     operation = copy.deepcopy(generic)
     operation["operationId"] = f"{verb}-{service.id}"
-    operation["summary"] = f"{verb} ({service.hook}): {service.plan.title or service.id}"
+    operation["summary"] = f"{verb} ({service.hook}): {service.title}"
     operation["parameters"] = [p for p in operation["parameters"] if not p["$ref"].endswith("/serviceId")]
     return operation
 
 
-def _service_operation(generic: dict[str, Any], service: Service) -> dict[str, Any]:
+def _service_operation(generic: dict[str, Any], service: Described) -> dict[str, Any]:
     operation = _concrete(generic, service, "call")
     body = {"allOf": [{"$ref": f"{SCHEMAS}/request"},
                       {"properties": {"hook": {"const": service.hook},
@@ -92,8 +107,16 @@ def as_yaml() -> Response:
 
 
 def register(app: Flask, services: list[Service]) -> None:
-    document = build(services)  # built once, answered from memory
-    current = state_of(app)
-    current.openapi_json = json.dumps(document)
-    current.openapi_yaml = yaml.safe_dump(document, sort_keys=False)
+    current = state_of(app)  # built once per set of services, answered from memory
+    described = tuple(Described(s.id, s.hook, s.plan.title or s.id) for s in services)
+    current.openapi_json, current.openapi_yaml = _rendered(described)
     app.register_blueprint(bp)
+
+
+
+@functools.lru_cache(maxsize=8)
+def _rendered(services: tuple[Described, ...]) -> tuple[str, str]:
+    """The description as JSON and YAML text (each app serving the same services, a
+    test's or a reload's, reuses the rendering: YAML dumping costs a tenth of a second)."""
+    document = build(services)
+    return json.dumps(document), yaml.safe_dump(document, sort_keys=False)
