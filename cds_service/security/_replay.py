@@ -36,7 +36,7 @@ from cds_service.errors import ConfigurationError, Unauthenticated
 from cds_service.storage import Database, open_database
 
 log = logging.getLogger(__name__)
-TIMEOUT = 2.0  # seconds to connect or wait for the lock before refusing the token
+TIMEOUT = 0.5  # seconds to connect or wait for the lock before refusing the token: a refusal answers within 1 s
 PURGE_BATCH = 1000
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS replay_jti (iss TEXT NOT NULL, jti TEXT NOT NULL,"
