@@ -18,7 +18,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ from cds_service import cli, create_app, scenarios, web
 from cds_service.config import Settings
 
 from .support.fhir_server import FhirServer, FhirStore
+from .support.loopback import first_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -233,15 +233,7 @@ def test_dockerfile_builds_the_wheel_and_runs_it_unprivileged_in_a_fresh_venv(tm
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen([str(venv / "bin" / cmd[0]), *cmd[1:]], cwd=app, env=env, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                response = requests.get(f"http://127.0.0.1:{port}/cds-services", timeout=5)
-                break
-            except requests.RequestException:
-                assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the service did not answer within 90 s"
-                time.sleep(0.3)
+        response = first_answer(f"http://127.0.0.1:{port}/cds-services", process, tmp_path / "serve.log")
         assert response.status_code == 200
         assert {s["id"] for s in response.json()["services"]} == {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pytest
 import requests
 
 from .support import kustomize
+from .support.loopback import first_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -468,15 +468,8 @@ def test_the_rendered_settings_secret_and_site_start_the_service(tmp_path):
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen([command, *c["command"][1:]], env=environment, stdout=log, stderr=log, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ready = requests.get(f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", timeout=2)
-                break
-            except requests.RequestException:
-                assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the service did not answer within 60 s"
-                time.sleep(0.3)
+        ready = first_answer(f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", process,
+                             tmp_path / "serve.log", within=60)
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
         health = requests.get(f"http://127.0.0.1:{port}{c['livenessProbe']['httpGet']['path']}", timeout=5)
         assert health.status_code == 200 and health.json() == {"status": "ok"}

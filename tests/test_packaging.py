@@ -16,13 +16,14 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from cds_service import config, knowledge, scenarios
+
+from .support.loopback import first_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
@@ -87,15 +88,7 @@ def test_the_installed_service_serves_the_checkouts_knowledge_and_the_page(insta
                                env={**env, "MM_CDS_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                discovery = requests.get(f"{base}/cds-services", timeout=5)
-                break
-            except requests.RequestException:
-                assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the installed service did not answer within 90 s"
-                time.sleep(0.3)
+        discovery = first_answer(f"{base}/cds-services", process, work / "serve.log")
         assert discovery.status_code == 200
         assert {s["id"] for s in discovery.json()["services"]} == SERVICES
 

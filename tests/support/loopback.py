@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import requests
 from werkzeug.serving import make_server
 
 
@@ -23,3 +26,16 @@ def serving(app) -> Iterator[str]:
         state = getattr(app, "extensions", {}).get("mm_cds")
         if state is not None:
             state.feedback.close()
+
+
+def first_answer(url: str, process, log_path, within: float = 90.0):
+    """The first HTTP answer of a service `process` is starting (polled every 0.3 s). Fails,
+    with the end of its log, if the process exits or nothing answers `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return requests.get(url, timeout=5)
+        except requests.RequestException:
+            assert process.poll() is None, Path(log_path).read_text()[-3000:]
+            assert time.monotonic() < deadline, f"nothing answered {url} within {within:.0f} s"
+            time.sleep(0.3)
