@@ -3,7 +3,8 @@
     MM_CDS_CONFIG=path/to/settings.toml   the file (keys as in Settings, lower case;
                                           the [security] table is read by security.py)
     MM_CDS_HOST, MM_CDS_PORT, MM_CDS_SITE_DIRS (':'-separated), MM_CDS_EXPLAIN=1,
-    MM_CDS_FETCH_TIMEOUT, MM_CDS_CANONICAL_BASE, MM_CDS_LOG_LEVEL, MM_CDS_DATABASE_URL, ...
+    MM_CDS_FETCH_TIMEOUT, MM_CDS_CANONICAL_BASE, MM_CDS_LOG_LEVEL, MM_CDS_DATABASE_URL,
+    MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES (','-separated), MM_CDS_RXNAV_URL, ...
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class Settings:
     feedback_queue_size: int = 10000  # writes waiting for the background writer
     issued_card_days: float = 365.0  # issued-card records older than this are deleted (0: kept forever)
     feedback_wait: float = 0.8  # seconds a feedback POST waits for its commit, then 503 (a thread is held meanwhile)
+    # Go-live gate (knowledge/_golive.py): treatment value sets a site accepts with no code or
+    # only unverified codes, by id, or "all". Empty: the production server refuses to start
+    # while any is open. A documented site decision, logged at CRITICAL at every start-up.
+    accept_unverified_treatment_codes: tuple[str, ...] = ()
+    # `mm-cds terminology expand`: the RxNav REST base (NLM's public service; a site may run a mirror).
+    rxnav_url: str = "https://rxnav.nlm.nih.gov/REST"
     security: dict[str, Any] = field(default_factory=dict)  # the [security] table
     config_file: str = ""  # set by load(): relative paths in [security] resolve beside it
 

@@ -32,14 +32,16 @@ def test_the_readme_tables_are_generated_from_the_artifacts(kb):
     assert knowledge.readme_is_fresh(readme, kb), "README is stale: run `mm-cds readme --update`"
 
 
-def mm_cds(monkeypatch, capsys, *args: str, site: str | None = None) -> tuple[int, str, str]:
-    """`mm-cds ARGS` in this process with no MM_CDS_* setting but the site directories:
-    (exit status, stdout, stderr)."""
+def mm_cds(monkeypatch, capsys, *args: str, site: str | None = None, accept: str | None = None) -> tuple[int, str, str]:
+    """`mm-cds ARGS` in this process with no MM_CDS_* setting but the site directories and
+    the go-live acceptance: (exit status, stdout, stderr)."""
     for name in os.environ:
         if name.startswith("MM_CDS_") and name != "MM_CDS_DATA_DIR":
             monkeypatch.delenv(name)
     if site:
         monkeypatch.setenv("MM_CDS_SITE_DIRS", site)
+    if accept:
+        monkeypatch.setenv("MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES", accept)
     capsys.readouterr()
     status = cli.main(list(args))
     out, err = capsys.readouterr()
@@ -109,11 +111,12 @@ def test_each_recommendation_has_a_firing_scenario_and_two_near_misses(kb):
 
 def test_terminology_check_lists_what_to_map_and_what_the_site_mapped(monkeypatch, capsys):
     status, shipped, _ = mm_cds(monkeypatch, capsys, "terminology", "check")
-    assert status == 0
+    assert status == 1  # the go-live gate: talquetamab and linvoseltamab have no code
     assert "Talquetamab: https://myeloma-cds.example.org/fhir/ValueSet/talquetamab-site" in shipped
     assert "http://www.nlm.nih.gov/research/umls/rxnorm|2594780" in shipped  # cilta-cel, recalled
     assert "http://loinc.org|2465-3" not in shipped  # IgG is verified
-    status, with_site, _ = mm_cds(monkeypatch, capsys, "terminology", "check", site=str(ROOT / "examples" / "site"))
+    status, with_site, _ = mm_cds(monkeypatch, capsys, "terminology", "check", site=str(ROOT / "examples" / "site"),
+                                  accept="linvoseltamab")  # the example site maps talquetamab only
     assert status == 0
     assert "Talquetamab: 2 code(s)" in with_site
     assert "talquetamab-site" not in with_site.split("Codes not verified")[0]

@@ -42,7 +42,10 @@ def trusted(keys, **extra) -> dict:
 
 
 def make_app(kb, host="0.0.0.0", base=BASE, **table):
-    settings = {"host": host, "explain_enabled": True, "security": table}
+    settings = {"host": host, "explain_enabled": True, "security": table,
+                # the shipped knowledge does not meet the go-live gate (docs/terminology.md): /ready
+                # would answer 503; these tests are about who may call, so the gate is accepted
+                "accept_unverified_treatment_codes": ("all",)}
     if base:
         settings["public_base_url"] = base
     return create_app(settings, kb=kb, clock=lambda: NOW)

@@ -3,7 +3,9 @@
     mm-cds serve                    run the CDS Hooks service
     mm-cds validate                 validate every knowledge artifact (exit 1 with the problems)
     mm-cds catalogue [--format F]   the recommendation catalogue, generated from the artifacts
-    mm-cds terminology check        unverified codes and concepts with no code (--strict: exit 1 if any)
+    mm-cds terminology check        the go-live gate (exit 1 while not met), unverified codes and concepts
+                                    with no code (--strict: exit 1 if any)
+    mm-cds terminology expand [--rxnav URL] [--out DIR]   RxNorm expansion through RxNav into a site directory
     mm-cds readme --update|--check  regenerate (or check) the generated sections of docs/catalogue.md
     mm-cds feedback-report [--json] cards shown, accepted and overridden per recommendation
     mm-cds test | explain | reload | export-patients    see cli/_tools.py
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from cds_service import config, feedback, knowledge, web
+from cds_service.cli import _rxnav as rxnav
 from cds_service.cli import _tools as cli_tools
 from cds_service.errors import ConfigurationError, KnowledgeError
 
@@ -37,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     cat = sub.add_parser("catalogue", help="print the recommendation catalogue")
     cat.add_argument("--format", choices=("markdown", "html"), default="markdown")
     term = sub.add_parser("terminology", help="terminology status")
-    term.add_argument("action", choices=("check", "status"))
+    term.add_argument("action", choices=("check", "status", "expand"))
     term.add_argument("--strict", action="store_true", help="exit 1 while anything is unverified or unmapped")
+    term.add_argument("--rxnav", help="expand: the RxNav REST base URL (default: the rxnav_url setting)")
+    term.add_argument("--out", type=Path, help="expand: the site directory to write to (default: the first site_dirs)")
     readme = sub.add_parser("readme", help="the generated sections of docs/catalogue.md (shipped artifacts only)")
     group = readme.add_mutually_exclusive_group(required=True)
     group.add_argument("--update", action="store_true")
@@ -109,14 +114,39 @@ def _catalogue(args: argparse.Namespace) -> int:
 
 
 def _terminology(args: argparse.Namespace) -> int:
+    if args.action == "expand":
+        return _terminology_expand(args)
     kb = _load()
     if args.action == "status":
         print(knowledge.terminology_markdown(kb))
         return 0
+    gate = knowledge.gate_status(kb, config.load().accept_unverified_treatment_codes)
     text, open_items = knowledge.terminology_check_text(kb)
-    print(text)
+    print(knowledge.gate_text(gate) + "\n\n" + text)
     print(f"\n{open_items} item(s) to confirm or map before go-live.")
+    if not gate.met:  # the production server would refuse to start
+        print(f"\nGo-live gate not met: {len(gate.open)} treatment value set(s).", file=sys.stderr)
+        return 1
     return 1 if args.strict and open_items else 0
+
+
+def _terminology_expand(args: argparse.Namespace) -> int:
+    settings = config.load()
+    out = args.out or (Path(settings.site_dirs[0]) if settings.site_dirs else None)
+    if out is None:
+        print("mm-cds terminology expand: give --out DIR (a site directory) or set MM_CDS_SITE_DIRS", file=sys.stderr)
+        return 2
+    kb = _load(shipped_only=True)  # the shipped definitions: an earlier expansion is never re-expanded
+    rxnav_url = args.rxnav or settings.rxnav_url
+    try:
+        report = rxnav.run(kb.resources("ValueSet"), settings.canonical_base, rxnav_url, out)
+    except rxnav.RxNavError as exc:
+        print(f"mm-cds terminology expand: {exc}; nothing written", file=sys.stderr)
+        return 1
+    print(f"Expanded through RxNav ({rxnav_url}) into {out}:")
+    print("\n".join(report))
+    print(f"Start with MM_CDS_SITE_DIRS including {out} to use them (each replaces its shipped value set).")
+    return 0
 
 
 def _readme(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ Public API:
     MEDICATION_RECORD_TYPES   records whose medication[x] may be a reference
     path_problem(kind, path), element_path_segments(path)   dynamicValue element paths
     catalogue_*, terminology_*, render_readme, readme_is_fresh, entries, counts   the catalogue
+    gate_status(kb, accept), gate_text, GateStatus, GateItem, EXT_GO_LIVE   the go-live gate
 """
 
 from cds_service.knowledge._catalogue import (
@@ -28,6 +29,7 @@ from cds_service.knowledge._catalogue import (
     terminology_markdown,
     terminology_status,
 )
+from cds_service.knowledge._golive import EXT_GO_LIVE, GateItem, GateStatus, gate_status, gate_text
 from cds_service.knowledge._load import KINDS, KnowledgeBase, load, settle
 from cds_service.knowledge._model import (
     MEDICATION_RECORD_TYPES,
@@ -60,6 +62,7 @@ from cds_service.knowledge._terminology import (
 )
 
 __all__ = [
+    "EXT_GO_LIVE", "GateItem", "GateStatus", "gate_status", "gate_text",
     "MEDICATION_RECORD_TYPES",
     "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "CodeFilter", "Condition",
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",

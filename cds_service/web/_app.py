@@ -39,10 +39,12 @@ def create_app(
     kb: KnowledgeBase | None = None,
     transport: Transport | None = None,
     clock: Clock | None = None,
+    production: bool = False,
 ) -> Flask:
     """Build the service. Knowledge is loaded and validated here: a bad artifact raises
     KnowledgeError; unusable or unsafe settings (security, feedback database) raise
-    ConfigurationError; either way the service does not start."""
+    ConfigurationError; either way the service does not start. `production` (wsgi.py,
+    gunicorn) also refuses to start while the go-live gate is open (_health.check_go_live)."""
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
@@ -50,6 +52,7 @@ def create_app(
     ops.admin_token(settings)  # a malformed reload credential stops start-up
     kb = kb or knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
     knowledge.settle(kb)
+    _health.check_go_live(settings, kb, production)  # before the database and the thread pools open
     writer = open_writer(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
     # The jti replay store is the service's database: shared by every worker and replica.
