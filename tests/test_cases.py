@@ -16,6 +16,9 @@ CASES = Path(__file__).parent / "cases"
 FP = yaml.safe_load((CASES / "fhirpath.yaml").read_text())
 TERM = yaml.safe_load((CASES / "terminology.yaml").read_text())
 PRE = yaml.safe_load((CASES / "prefetch.yaml").read_text())
+# The added functions' cases: general ones, unit reading (aliases, displays), result reading.
+EVALUATE = [case for name in ("fhirpath", "units", "results")
+            for case in yaml.safe_load((CASES / f"{name}.yaml").read_text())["evaluate"]]
 BASE = "https://myeloma-cds.example.org/fhir/ValueSet/"
 TODAY = dt.date(2026, 6, 15)
 
@@ -36,7 +39,7 @@ def test_strict_parser_accepts(case):
     assert expr.compiled is not None
 
 
-@pytest.mark.parametrize("case", FP["evaluate"], ids=[c["name"] for c in FP["evaluate"]])
+@pytest.mark.parametrize("case", EVALUATE, ids=[c["name"] for c in EVALUATE])
 def test_added_functions(case, kb):
     scope = Scope(terminology=kb.terminology, today=TODAY)
     env = Environment({k: v for k, v in case.items() if k not in ("name", "expression", "expect", "note")}, {})
