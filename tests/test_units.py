@@ -101,3 +101,11 @@ def test_case_folding_never_joins_aliases_with_different_targets():
     assert units.to_ucum("g/L") == "g/L"
     assert units.to_ucum("g/l") == "g/l"  # ambiguous by case: left to UCUM (gram per litre)
     assert units.to_ucum(" k/ul ") == "10*3/uL"
+
+
+def test_the_example_site_maps_its_lab_feeds_strings():
+    from .support.harness import EXAMPLE_SITE
+
+    kb = _load(EXAMPLE_SITE)
+    assert _to_unit(kb, {"value": 1.4, "unit": "K/mcL"}, "10*9/L") == [1.4]
+    assert _to_unit(kb, {"value": 600, "unit": "cells/mcL"}, "10*9/L") == [0.6]

@@ -194,7 +194,7 @@ def _to_unit(inputs: list, unit: str) -> Any:
     if len(inputs) > 1:
         raise EvaluationError("toUnit() expects a single Quantity")
     try:
-        value, source_unit, _ = quantity_unit(get_data(inputs[0]), _scope.get().terminology.unit_map)
+        value, source_unit, recorded = quantity_unit(get_data(inputs[0]), _scope.get().terminology.unit_map)
     except TypeError:
         raise EvaluationError("toUnit() expects a Quantity") from None
     if not source_unit:
@@ -203,7 +203,9 @@ def _to_unit(inputs: list, unit: str) -> Any:
     try:
         return units.convert(value, source_unit, unit)
     except units.UnitError as exc:
-        _scope.get().notes.append(f"unit not convertible: {exc}")
+        # name the unit as recorded too: the alias map may have read it as another
+        read_as = f" ('{recorded}' read as '{source_unit}')" if recorded and recorded.strip() != source_unit else ""
+        _scope.get().notes.append(f"unit not convertible{read_as}: {exc}")
         return []
 
 
