@@ -109,3 +109,16 @@ def test_the_example_site_maps_its_lab_feeds_strings():
     kb = _load(EXAMPLE_SITE)
     assert _to_unit(kb, {"value": 1.4, "unit": "K/mcL"}, "10*9/L") == [1.4]
     assert _to_unit(kb, {"value": 600, "unit": "cells/mcL"}, "10*9/L") == [0.6]
+
+
+@pytest.mark.parametrize("name", ["order-sign-teclistamab.json", "patient-view.json"])
+def test_a_warm_hook_call_parses_no_unit(client, name):
+    from .test_examples_requests import EXAMPLES, EXPECTED
+
+    service, _ = EXPECTED[name]
+    for _ in range(2):  # the first call may parse a unit this process has not seen
+        before = fhirpath.unit_parse_count()
+        response = client.post(f"/cds-services/{service}", data=(EXAMPLES / name).read_bytes(),
+                               content_type="application/json")
+        assert response.status_code == 200
+    assert fhirpath.unit_parse_count() == before
