@@ -111,14 +111,27 @@ def test_the_example_site_maps_its_lab_feeds_strings():
     assert _to_unit(kb, {"value": 600, "unit": "cells/mcL"}, "10*9/L") == [0.6]
 
 
+def _with_unit_strings(body: dict) -> dict:
+    """The example request with an ANC in K/uL and a weight in lbs, as a lab feed sends them."""
+    patient = f"Patient/{body['context']['patientId']}"
+    records = {"anc": ("751-8", {"value": 0.4, "unit": "K/uL"}), "weights": ("29463-7", {"value": 150, "unit": "lbs"})}
+    for key, (code, quantity) in records.items():
+        if key in body["prefetch"]:
+            body["prefetch"][key]["entry"] = [{"resource": {
+                "resourceType": "Observation", "id": f"{key}-1", "status": "final", "subject": {"reference": patient},
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "effectiveDateTime": "2026-06-14T08:00:00Z", "valueQuantity": quantity}}]
+    return body
+
+
 @pytest.mark.parametrize("name", ["order-sign-teclistamab.json", "patient-view.json"])
 def test_a_warm_hook_call_parses_no_unit(client, name):
     from .test_examples_requests import EXAMPLES, EXPECTED
 
     service, _ = EXPECTED[name]
+    body = _with_unit_strings(json.loads((EXAMPLES / name).read_text()))
     for _ in range(2):  # the first call may parse a unit this process has not seen
         before = fhirpath.unit_parse_count()
-        response = client.post(f"/cds-services/{service}", data=(EXAMPLES / name).read_bytes(),
-                               content_type="application/json")
-        assert response.status_code == 200
+        response = client.post(f"/cds-services/{service}", json=body)
+        assert response.status_code == 200, response.get_data(as_text=True)
     assert fhirpath.unit_parse_count() == before
