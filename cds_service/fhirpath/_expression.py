@@ -79,6 +79,7 @@ class Expression:
     variables: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
     value_sets: tuple[str, ...] = ()  # literal arguments of memberOf() and resultReading()
+    value_set_calls: tuple[tuple[str, str], ...] = ()  # the same, as (function, url), for messages
     units: tuple[str, ...] = ()  # literal arguments of toUnit()
 
 
@@ -107,13 +108,15 @@ def _parse(source: str) -> Expression:
     functions: set[str] = set()
     calls: list[tuple[str, dict]] = []
     _scan(ast, names, functions, calls)
+    value_set_calls = tuple((fn, arg) for fn, node in calls if fn in VALUE_SET_FUNCTIONS for arg in _literal_args(node))
     return Expression(
         source=source,
         ast=ast,
         compiled=compile_ast(ast, _REGISTRY),
         variables=frozenset(names),
         functions=frozenset(functions),
-        value_sets=tuple(arg for fn, node in calls if fn in VALUE_SET_FUNCTIONS for arg in _literal_args(node)),
+        value_sets=tuple(url for _, url in value_set_calls),
+        value_set_calls=value_set_calls,
         units=tuple(arg for fn, node in calls if fn in ("toUnit", "convertsToUnit") for arg in _literal_args(node)),
     )
 
