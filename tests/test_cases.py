@@ -16,6 +16,10 @@ CASES = Path(__file__).parent / "cases"
 FP = yaml.safe_load((CASES / "fhirpath.yaml").read_text())
 TERM = yaml.safe_load((CASES / "terminology.yaml").read_text())
 PRE = yaml.safe_load((CASES / "prefetch.yaml").read_text())
+# The added functions' cases: general ones, unit reading (aliases, displays), result reading.
+UNITS_AND_RESULTS = [case for name in ("units", "results")
+                     for case in yaml.safe_load((CASES / f"{name}.yaml").read_text())["evaluate"]]
+EVALUATE = FP["evaluate"] + UNITS_AND_RESULTS
 BASE = "https://myeloma-cds.example.org/fhir/ValueSet/"
 TODAY = dt.date(2026, 6, 15)
 
@@ -36,7 +40,7 @@ def test_strict_parser_accepts(case):
     assert expr.compiled is not None
 
 
-@pytest.mark.parametrize("case", FP["evaluate"], ids=[c["name"] for c in FP["evaluate"]])
+@pytest.mark.parametrize("case", EVALUATE, ids=[c["name"] for c in EVALUATE])
 def test_added_functions(case, kb):
     scope = Scope(terminology=kb.terminology, today=TODAY)
     env = Environment({k: v for k, v in case.items() if k not in ("name", "expression", "expect", "note")}, {})
@@ -44,6 +48,18 @@ def test_added_functions(case, kb):
     assert result == case["expect"]
     if "note" in case:
         assert any(case["note"] in n for n in scope.notes), scope.notes
+
+
+@pytest.mark.parametrize("case", UNITS_AND_RESULTS, ids=lambda c: c["name"])
+def test_added_functions_answer_the_same_interpreted(case, kb):
+    # the unit and result functions, through fhirpathpy's own interpreter (no compiled closures, no speed-ups)
+    previous = fhirpath.set_compiled(False)
+    fhirpath.uninstall_speedups()
+    try:
+        test_added_functions(case, kb)
+    finally:
+        fhirpath.install_speedups()
+        fhirpath.set_compiled(previous)
 
 
 @pytest.mark.parametrize("code, product", TERM["ndc"].items())

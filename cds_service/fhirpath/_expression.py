@@ -13,6 +13,11 @@ Functions added to FHIRPath (all answered locally, never by a terminology server
   daysSince()            whole days from a date/dateTime to the request's "today"
   display()              the display of a Coding / CodeableConcept: from the loaded
                          terminology, else the coding's own display, else the text
+  unitDisplay()          a Quantity's (or unit string's) unit as a clinician reads it
+  resultReading(pos, neg, ind)  an Observation read as 'positive', 'negative',
+                         'indeterminate', 'conflicting' or 'unreadable' (three ValueSet urls)
+  A Quantity's unit is read through the unit alias map (fhirpath/_unit_map.py) by
+  toUnit(), convertsToUnit() and unitDisplay(), so "K/uL" is never kelvin per microlitre.
   now(), today(), timeOfDay()   replaced: they read the request's clock (Scope.now/today)
 """
 
@@ -24,7 +29,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from antlr4 import CommonTokenStream, InputStream
 from antlr4.error.ErrorListener import ErrorListener
@@ -40,13 +45,18 @@ from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from cds_service.errors import ArtifactError, CdsError
+from cds_service.fhirpath import _results as results
 from cds_service.fhirpath import _speedups as fhirpath_speedups
 from cds_service.fhirpath import _units as units
 from cds_service.fhirpath._compile import compile_ast
+from cds_service.fhirpath._protocols import TerminologyLike, ValueSetLike
 from cds_service.fhirpath._resources import codings, parse_date
+from cds_service.fhirpath._unit_map import quantity_unit, unit_display
 
 R4 = models["r4"]
-EXTRA_FUNCTIONS = ("memberOf", "toUnit", "convertsToUnit", "daysSince", "display")
+EXTRA_FUNCTIONS = ("memberOf", "toUnit", "convertsToUnit", "daysSince", "display", "unitDisplay", "resultReading")
+# Functions whose string-literal arguments name value sets (checked at load).
+VALUE_SET_FUNCTIONS = ("memberOf", "resultReading")
 KNOWN_FUNCTIONS = frozenset(invocation_registry) | frozenset(EXTRA_FUNCTIONS)
 
 
@@ -68,7 +78,8 @@ class Expression:
     compiled: Callable | None = field(default=None, repr=False, compare=False)
     variables: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
-    value_sets: tuple[str, ...] = ()  # literal arguments of memberOf()
+    value_sets: tuple[str, ...] = ()  # literal arguments of memberOf() and resultReading()
+    value_set_calls: tuple[tuple[str, str], ...] = ()  # the same, as (function, url), for messages
     units: tuple[str, ...] = ()  # literal arguments of toUnit()
 
 
@@ -97,14 +108,16 @@ def _parse(source: str) -> Expression:
     functions: set[str] = set()
     calls: list[tuple[str, dict]] = []
     _scan(ast, names, functions, calls)
+    value_set_calls = tuple((fn, arg) for fn, node in calls if fn in VALUE_SET_FUNCTIONS for arg in _literal_args(node))
     return Expression(
         source=source,
         ast=ast,
         compiled=compile_ast(ast, _REGISTRY),
         variables=frozenset(names),
         functions=frozenset(functions),
-        value_sets=tuple(arg for fn, node in calls if fn == "memberOf" and (arg := _literal_arg(node))),
-        units=tuple(arg for fn, node in calls if fn in ("toUnit", "convertsToUnit") and (arg := _literal_arg(node))),
+        value_sets=tuple(url for _, url in value_set_calls),
+        value_set_calls=value_set_calls,
+        units=tuple(arg for fn, node in calls if fn in ("toUnit", "convertsToUnit") for arg in _literal_args(node)),
     )
 
 
@@ -121,16 +134,18 @@ def _scan(node: dict, names: set[str], functions: set[str], calls: list[tuple[st
         _scan(child, names, functions, calls)
 
 
-def _literal_arg(functn: dict) -> str | None:
-    """The string literal that is the only argument of a call, if it is one."""
+def _literal_args(functn: dict) -> list[str]:
+    """The arguments of a call that are string literals (a %variable is checked at run time)."""
+    found = []
     for child in functn.get("children", []):
-        if child.get("type") == "ParamList" and len(child.get("children", [])) == 1:
-            term = child["children"][0]
+        if child.get("type") != "ParamList":
+            continue
+        for term in child.get("children", []):
             while term.get("children") and term.get("type") in ("TermExpression", "LiteralTerm"):
                 term = term["children"][0]
             if term.get("type") == "StringLiteral":
-                return term["text"][1:-1].replace("\\'", "'")
-    return None
+                found.append(term["text"][1:-1].replace("\\'", "'"))
+    return found
 
 
 # -- request-time evaluation -----------------------------------------------------------
@@ -138,19 +153,6 @@ def _literal_arg(functn: dict) -> str | None:
 
 class EvaluationError(CdsError):
     """An expression failed on this data (bad type, singleton expected, ...)."""
-
-
-class ValueSetLike(Protocol):
-    def contains(self, system: str | None, code: str) -> bool: ...
-
-
-class TerminologyLike(Protocol):
-    """What memberOf() and display() ask of the loaded terminology (the knowledge layer
-    provides it; this layer imports nothing above it)."""
-
-    def get(self, url: str) -> ValueSetLike | None: ...
-
-    def display(self, system: str | None, code: str) -> str | None: ...
 
 
 @dataclass
@@ -167,11 +169,16 @@ class Scope:
 _scope: contextvars.ContextVar[Scope] = contextvars.ContextVar("fhirpath_scope")
 
 
+def _value_set(function: str, url: str) -> ValueSetLike:
+    vs = _scope.get().terminology.get(url)
+    if vs is None:
+        raise EvaluationError(f"{function}: unknown ValueSet '{url}'")
+    return vs
+
+
 def _member_of(inputs: list, url: str) -> Any:
     scope = _scope.get()
-    vs = scope.terminology.get(url)
-    if vs is None:
-        raise EvaluationError(f"memberOf: unknown ValueSet '{url}'")
+    vs = _value_set("memberOf", url)
     if not inputs:
         return []
     saw_code = False
@@ -189,38 +196,64 @@ def _to_unit(inputs: list, unit: str) -> Any:
         return []
     if len(inputs) > 1:
         raise EvaluationError("toUnit() expects a single Quantity")
-    item = inputs[0]
-    if isinstance(item, FP_Quantity):
-        value, source_unit = item.value, item.unit.strip("'")
-    elif isinstance(item, dict) and item.get("value") is not None:
-        value, source_unit = item["value"], item.get("code") or item.get("unit")
-    else:
-        raise EvaluationError("toUnit() expects a Quantity")
+    try:
+        value, source_unit, recorded = quantity_unit(get_data(inputs[0]), _scope.get().terminology.unit_map)
+    except TypeError:
+        raise EvaluationError("toUnit() expects a Quantity") from None
     if not source_unit:
         _scope.get().notes.append(f"quantity {value} has no unit; not converted to '{unit}'")
         return []
     try:
         return units.convert(value, source_unit, unit)
     except units.UnitError as exc:
-        _scope.get().notes.append(f"unit not convertible: {exc}")
+        # name the unit as recorded too: the alias map may have read it as another
+        read_as = f" ('{recorded}' read as '{source_unit}')" if recorded and recorded.strip() != source_unit else ""
+        _scope.get().notes.append(f"unit not convertible{read_as}: {exc}")
         return []
 
 
 def _converts_to_unit(inputs: list, unit: str) -> Any:
     if len(inputs) != 1:
         return []
-    item = inputs[0]
-    if isinstance(item, FP_Quantity):
-        source_unit = item.unit.strip("'")
-    elif isinstance(item, dict):
-        source_unit = item.get("code") or item.get("unit")
-    else:
+    try:
+        _, source_unit, _ = quantity_unit(get_data(inputs[0]), _scope.get().terminology.unit_map)
+    except TypeError:
+        return False
+    if not source_unit:
         return False
     try:
-        units.conversion_factor(source_unit or "", unit)
-        return bool(source_unit)
+        units.conversion_factor(source_unit, unit)
+        return True
     except units.UnitError:
         return False
+
+
+def _unit_display(inputs: list) -> Any:
+    unit_map = _scope.get().terminology.unit_map
+    return [found for item in inputs if (found := unit_display(get_data(item), unit_map))]
+
+
+def _result_reading(inputs: list, positive: str, negative: str, indeterminate: str) -> Any:
+    scope = _scope.get()
+    value_sets = (_value_set("resultReading", positive), _value_set("resultReading", negative),
+                  _value_set("resultReading", indeterminate))
+    sets = results.ResultSets(value_sets, scope.terminology.result_text_system)
+    readings = []
+    for item in inputs:
+        unknown: list = []
+        observation = get_data(item)
+        reading = results.read(observation, sets, unknown)
+        scope.unmatched.update(unknown)
+        if reading in ("unreadable", "conflicting"):
+            scope.notes.append(f"result {_reference(observation)} is {reading}")
+        readings.append(reading)
+    return readings
+
+
+def _reference(resource: Any) -> str:
+    if isinstance(resource, dict) and resource.get("id"):
+        return f"{resource.get('resourceType', 'Observation')}/{resource['id']}"
+    return "(an Observation without id)"
 
 
 def _display(inputs: list) -> Any:
@@ -290,6 +323,8 @@ _FUNCTIONS = {
             "convertsToUnit": {"fn": _converts_to_unit, "arity": {1: ["String"]}},
             "daysSince": {"fn": _days_since},
             "display": {"fn": _display},
+            "unitDisplay": {"fn": _unit_display},
+            "resultReading": {"fn": _result_reading, "arity": {3: ["String", "String", "String"]}},
         }
     ),
     "single": {"fn": _single},

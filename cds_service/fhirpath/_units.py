@@ -1,7 +1,11 @@
-"""UCUM unit conversion through ucumvert (pint), one cached factor per unit pair.
+"""UCUM unit conversion through ucumvert (pint), one cached parse per unit string and one
+cached factor per unit pair.
 
 ucumvert parses a unit in about a millisecond, too slow for the request path, so each
-(from, to) pair is converted once and the multiplicative factor is kept.
+unit is parsed once and each (from, to) pair converted once, and the result is kept.
+A failure is kept too (as its message): a record with a unit that does not parse, or
+does not convert, would otherwise be parsed again on every request that reads it.
+`unit_parse_count()` counts the parses, so a test can prove a warm path parses nothing.
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 from cds_service.errors import ArtifactError
 
 _lock = threading.Lock()
 _registry = None
+_parses = 0
 
 
 class UnitError(ArtifactError):
@@ -35,19 +41,51 @@ def warm_up() -> None:
     _ureg()
 
 
+def unit_parse_count() -> int:
+    """How many times a UCUM unit string has been parsed in this process (cache misses)."""
+    return _parses
+
+
+class _Failure(str):
+    """A cached failure: the message a UnitError is raised with."""
+
+
 @lru_cache(maxsize=4096)
-def conversion_factor(from_unit: str, to_unit: str) -> Decimal:
-    """Factor f such that value[from_unit] * f = value[to_unit]; raises UnitError."""
+def _parsed(unit: str) -> Any:
+    """The pint unit of a UCUM string, or a _Failure; each string is parsed once."""
+    global _parses
+    ureg = _ureg()
+    with _lock:
+        _parses += 1
+    try:
+        return ureg.from_ucum(unit)
+    except Exception as exc:  # ucumvert raises lark and pint errors of many kinds
+        return _Failure(f"'{unit}' is not a valid UCUM unit: {exc}")
+
+
+@lru_cache(maxsize=4096)
+def _factor(from_unit: str, to_unit: str) -> Decimal | _Failure:
     if from_unit == to_unit:
         return Decimal(1)
-    ureg = _ureg()
+    source, target = _parsed(from_unit), _parsed(to_unit)
+    for parsed in (source, target):
+        if isinstance(parsed, _Failure):
+            return _Failure(f"cannot convert '{from_unit}' to '{to_unit}': {parsed}")
     try:
-        source = ureg.from_ucum(from_unit)
-        target = ureg.from_ucum(to_unit)
         factor = (1 * source).to(target).magnitude
-    except Exception as exc:  # ucumvert raises lark and pint errors of many kinds
-        raise UnitError(f"cannot convert '{from_unit}' to '{to_unit}': {exc}") from None
+    except Exception as exc:  # pint: dimensionality errors and others
+        return _Failure(f"cannot convert '{from_unit}' to '{to_unit}': {exc}")
     return Decimal(repr(float(factor)))
+
+
+def conversion_factor(from_unit: str, to_unit: str) -> Decimal:
+    """Factor f such that value[from_unit] * f = value[to_unit]; raises UnitError.
+
+    A new UnitError each time: re-raising one cached instance would grow its traceback."""
+    result = _factor(from_unit, to_unit)
+    if isinstance(result, _Failure):
+        raise UnitError(str(result))
+    return result
 
 
 def convert(value: Decimal | float | int, from_unit: str, to_unit: str) -> Decimal:
@@ -60,7 +98,6 @@ def convert(value: Decimal | float | int, from_unit: str, to_unit: str) -> Decim
 
 def check_unit(unit: str) -> None:
     """Raise UnitError unless unit parses as UCUM (used to validate artifacts at load)."""
-    try:
-        _ureg().from_ucum(unit)
-    except Exception as exc:
-        raise UnitError(f"'{unit}' is not a valid UCUM unit: {exc}") from None
+    parsed = _parsed(unit)
+    if isinstance(parsed, _Failure):
+        raise UnitError(str(parsed))

@@ -8,7 +8,8 @@ Public API:
     KINDS            the resource types a knowledge directory may hold
     Plan, Service, CardAction, SuggestionAction, ActivityDefinition, Condition, Variable,
     DataRequirement, CodeFilter, DateFilter, Artifact         the compiled model
-    Terminology, ExpandedValueSet, NDC, ndc_product            value sets and codes
+    Terminology, ExpandedValueSet, NDC, ndc_product            value sets and codes; Terminology.unit_map
+                                               (the unit ConceptMaps) and .result_text_system (result strings)
     resolve_template, check_template, build_template, TemplateError   prefetch templates
     PATIENT_PARAM    the search parameter that names the patient
     MEDICATION_RECORD_TYPES   records whose medication[x] may be a reference

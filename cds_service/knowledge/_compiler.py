@@ -103,9 +103,9 @@ class Compiler:
         for name in sorted(expr.functions - fhirpath.KNOWN_FUNCTIONS):
             self._problem(element, f"unknown function {name}() in '{source}'")
             ok = False
-        for url in expr.value_sets:
+        for function, url in expr.value_set_calls:
             if url not in self.terminology:
-                self._problem(element, f"memberOf('{url}'): no ValueSet with that url is loaded")
+                self._problem(element, f"{function}('{url}'): no ValueSet with that url is loaded")
                 ok = False
         for unit in expr.units:
             try:

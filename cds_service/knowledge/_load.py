@@ -26,13 +26,15 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from cds_service.errors import KnowledgeError, Problem
+from cds_service.knowledge import _unit_maps as unit_maps
 from cds_service.knowledge._compiler import Compiler
 from cds_service.knowledge._model import Artifact, Plan, Service
 from cds_service.knowledge._terminology import Terminology
 
 log = logging.getLogger(__name__)
 
-KINDS = ("PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem")
+KINDS = ("PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap")
+RESULT_TEXT = "/CodeSystem/result-text"  # the CodeSystem whose codes are result strings (D-3)
 
 
 @dataclass
@@ -104,9 +106,13 @@ def load(directories: Iterable[str | Path], base: str, date_tokens: bool = False
     if problems:
         raise KnowledgeError(problems)
 
+    unit_map, unit_problems = unit_maps.build(artifacts, base)
+    problems.extend(unit_problems)
     terminology = Terminology(
         {url: a.resource for url, a in artifacts.items() if a.resource["resourceType"] == "ValueSet"},
         {url: a.resource for url, a in artifacts.items() if a.resource["resourceType"] == "CodeSystem"},
+        unit_map=unit_map,
+        result_text_system=base.rstrip("/") + RESULT_TEXT,
     )
     for url, error in terminology.expand_all():
         artifact = artifacts[url]

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cds_service import fhirpath
 from cds_service.errors import ArtifactError
 
 NDC = "http://hl7.org/fhir/sid/ndc"
@@ -104,9 +105,14 @@ def _concept(system: str, raw: Mapping[str, Any], fallback_display: str | None =
 
 
 class Terminology:
-    """All ValueSets and CodeSystems of the knowledge base, expanded and indexed."""
+    """All ValueSets and CodeSystems of the knowledge base, expanded and indexed; the unit
+    maps (ConceptMaps) and the CodeSystem of result strings, for the FHIRPath functions."""
 
-    def __init__(self, value_sets: Mapping[str, dict], code_systems: Mapping[str, dict]):
+    def __init__(self, value_sets: Mapping[str, dict], code_systems: Mapping[str, dict],
+                 unit_map: fhirpath.UnitMap | None = None, result_text_system: str | None = None):
+        self.unit_map = unit_map or fhirpath.UnitMap()
+        # resultReading() looks a result string up as a code of this system (when it is loaded)
+        self.result_text_system = result_text_system if result_text_system in code_systems else None
         self._raw_value_sets = value_sets
         self._code_systems = code_systems
         self._expanded: dict[str, ExpandedValueSet] = {}
