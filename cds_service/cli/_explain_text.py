@@ -37,16 +37,20 @@ def render(response: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _action(action: dict[str, Any], card: dict[str, Any] | None) -> list[str]:
+def _action(action: dict[str, Any], card: dict[str, Any] | None, indent: str = "  ", label: str = "") -> list[str]:
     head = "FIRED    " if action["fired"] else "not fired"
     title = f"  {card['summary']}  [{card['indicator']}]" if card else ""
-    lines = [f"  {head}  {action['code']}{title}"]
+    lines = [f"{indent}{label}{head}  {action['code']}{title}"]
     for condition in action["conditions"]:
-        lines.append(f"      {_outcome(condition):<8} {condition.get('description') or condition['expression']}")
+        lines.append(f"{indent}    {_outcome(condition):<8} {condition.get('description') or condition['expression']}")
         if condition.get("error"):
-            lines.append(f"               error: {condition['error']}")
+            lines.append(f"{indent}             error: {condition['error']}")
         elif condition.get("note"):
-            lines.append(f"               {condition['note']}")
+            lines.append(f"{indent}             {condition['note']}")
+    if action.get("note"):
+        lines.append(f"{indent}    {action['note']}")
+    for member in action.get("members") or []:  # a bundle: each member, fired or not
+        lines += _action(member, None, indent + "    ", "member ")
     if card and card.get("suggestions"):
         lines.append("      suggests: " + "; ".join(s["label"] for s in card["suggestions"]))
     return lines
