@@ -6,6 +6,7 @@ lines, suggestions, tags, override reasons, source and the member list in `exten
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import uuid
@@ -339,3 +340,23 @@ def test_a_database_of_the_previous_schema_is_migrated_without_losing_rows(backe
     new = call(client, bkb)
     post(client, {"card": new["CHK"]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-06-15T12:02:00Z"})
     assert report_of(app) == {"PLN-1": (2, 1, 0), "CHK-1": (1, 0, 1), "CHK-2": (1, 0, 1), "CHK-3": (1, 0, 1)}
+
+
+def test_retention_deletes_a_cards_member_and_suggestion_rows_with_it(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    writer = feedback.Writer(db, issued_card_days=1).start()
+    old = "2020-01-01T00:00:00.000000Z"
+    fresh = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    rows = [feedback.CardRow(card_uuid=f"c-{i}", service_id="test-bundle", hook_instance="h", code="CHK", plan_url="u",
+                             plan_version=None, suggestions=(f"s-{i}",), issued_at=old if i < 1500 else fresh,
+                             members=("CHK-1", "CHK-2"), suggestion_members=((f"s-{i}", "CHK-1"),)) for i in range(1510)]
+    writer.record_cards(rows)
+    assert writer.flush()
+    conn = db.connect()
+    try:
+        counts = {t: feedback.query(db, conn, f"SELECT COUNT(*) AS n FROM {t}")[0]["n"]
+                  for t in ("issued_cards", "issued_card_members", "issued_suggestions")}
+    finally:
+        conn.close()
+    writer.close()
+    assert counts == {"issued_cards": 10, "issued_card_members": 20, "issued_suggestions": 10}
