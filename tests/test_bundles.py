@@ -360,3 +360,29 @@ def test_retention_deletes_a_cards_member_and_suggestion_rows_with_it(tmp_path):
         conn.close()
     writer.close()
     assert counts == {"issued_cards": 10, "issued_card_members": 20, "issued_suggestions": 10}
+
+
+def test_apply_answers_a_bundle_as_one_action_with_its_members_suggestions(bkb):
+    sc = scenario("nothing resulted")
+
+    def bundle(resources):
+        return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "subject", "valueString": "Patient/p1"},
+        {"name": "practitioner", "valueReference": {"reference": "Practitioner/dr-1"}},
+        {"name": "hook", "valueCode": "order-sign"},
+        {"name": "data", "resource": bundle(sc.chart)}, {"name": "draftOrders", "resource": bundle(sc.draft_orders)}]}
+    app = create_app({}, kb=bkb, clock=lambda: NOW)
+    try:
+        response = app.test_client().post("/fhir/PlanDefinition/test-bundle/$apply", json=body)
+    finally:
+        web.state_of(app).feedback.close()
+    assert response.status_code == 200, response.get_json()
+    care_plan = response.get_json()
+    [group] = [r for r in care_plan["contained"] if r["resourceType"] == "RequestGroup"]
+    actions = {a["code"][0]["coding"][0]["code"]: a for a in group["action"]}
+    assert set(actions) == {"CHK", "PLN-1"}
+    assert [n["title"] for n in actions["CHK"]["action"]] == [
+        "Order test A (CHK-1)", "Order shared test (CHK-1)", "Order test B (CHK-2)", "Order test C (CHK-3)"]
+    assert actions["CHK"]["title"] == "Before starting: 3 pre-treatment items missing"
