@@ -202,7 +202,7 @@ class Compiler:
         before = len(self.problems)
         hooks = self._hooks(action, element) if bundle is None else self._member_hooks(action, element, bundle[0])
         code = self._code(action, element)
-        title = self._title(action, element)
+        title = self._title(action, element, summary=bundle is None)
         priority = action.get("priority", "routine")
         if priority not in INDICATOR:
             self._problem(f"{element}.priority", f"'{priority}' is not one of {', '.join(INDICATOR)}")
@@ -280,11 +280,13 @@ class Compiler:
             override_reasons=tuple(reasons), citations=tuple(citations), element=element, members=tuple(members),
         )
 
-    def _title(self, action: dict, element: str) -> str | None:
+    def _title(self, action: dict, element: str, summary: bool = True) -> str | None:
+        """The card summary's text, or (summary False) the line heading a member in its bundle's detail."""
         title = action.get("title")
         if not title:
-            self._problem(f"{element}.title", "is required: it becomes the card summary")
-        elif len(title) >= SUMMARY_MAX:
+            self._problem(f"{element}.title", "is required: it becomes the card summary" if summary
+                          else "is required: it heads the member's line in its bundle's detail")
+        elif summary and len(title) >= SUMMARY_MAX:
             self._problem(f"{element}.title", f"is {len(title)} characters; a card summary must be under {SUMMARY_MAX}")
         return title
 
