@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from cds_service.engine import EXPLAIN_KEY
-from cds_service.scenarios import card_code
+from cds_service.scenarios import card_code, card_codes
 
 _WIDTH = 70
 
@@ -23,7 +23,7 @@ def render(response: dict[str, Any]) -> str:
     trace = trace_of(response)
     cards = {card_code(c): c for c in response.get("cards") or []}
     if trace is None:
-        fired = ", ".join(sorted(cards)) or "none"
+        fired = ", ".join(sorted(code for c in cards.values() for code in card_codes(c))) or "none"
         return (f"cards: {fired}\n(no trace in the answer: the service must run with explain enabled "
                 "(MM_CDS_EXPLAIN_ENABLED=1) and trust the caller: loopback or an authenticated JWT)")
     lines = [f"{trace['service']} ({trace['hook']})  {trace['planDefinition']}  now {trace['now']}"]
