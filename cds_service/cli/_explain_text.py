@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from cds_service.engine import EXPLAIN_KEY
-from cds_service.scenarios import card_code
+from cds_service.scenarios import card_code, card_codes
 
 _WIDTH = 70
 
@@ -23,7 +23,7 @@ def render(response: dict[str, Any]) -> str:
     trace = trace_of(response)
     cards = {card_code(c): c for c in response.get("cards") or []}
     if trace is None:
-        fired = ", ".join(sorted(cards)) or "none"
+        fired = ", ".join(sorted(code for c in cards.values() for code in card_codes(c))) or "none"
         return (f"cards: {fired}\n(no trace in the answer: the service must run with explain enabled "
                 "(MM_CDS_EXPLAIN_ENABLED=1) and trust the caller: loopback or an authenticated JWT)")
     lines = [f"{trace['service']} ({trace['hook']})  {trace['planDefinition']}  now {trace['now']}"]
@@ -37,16 +37,20 @@ def render(response: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _action(action: dict[str, Any], card: dict[str, Any] | None) -> list[str]:
+def _action(action: dict[str, Any], card: dict[str, Any] | None, indent: str = "  ", label: str = "") -> list[str]:
     head = "FIRED    " if action["fired"] else "not fired"
     title = f"  {card['summary']}  [{card['indicator']}]" if card else ""
-    lines = [f"  {head}  {action['code']}{title}"]
+    lines = [f"{indent}{label}{head}  {action['code']}{title}"]
     for condition in action["conditions"]:
-        lines.append(f"      {_outcome(condition):<8} {condition.get('description') or condition['expression']}")
+        lines.append(f"{indent}    {_outcome(condition):<8} {condition.get('description') or condition['expression']}")
         if condition.get("error"):
-            lines.append(f"               error: {condition['error']}")
+            lines.append(f"{indent}             error: {condition['error']}")
         elif condition.get("note"):
-            lines.append(f"               {condition['note']}")
+            lines.append(f"{indent}             {condition['note']}")
+    if action.get("note"):
+        lines.append(f"{indent}    {action['note']}")
+    for member in action.get("members") or []:  # a bundle: each member, fired or not
+        lines += _action(member, None, indent + "    ", "member ")
     if card and card.get("suggestions"):
         lines.append("      suggests: " + "; ".join(s["label"] for s in card["suggestions"]))
     return lines

@@ -6,8 +6,10 @@ Public API:
     evaluate(plan, data, terminology, explain=False) -> PlanResult
     RequestData          the protocol of what an evaluation reads (the data layer builds it)
     PlanResult, CardResult, SuggestionResult, Outcome   results, for cards and the trace
+                         (CardResult.members: a bundle's members evaluated; .codes: what it reports)
     render(result) -> (cards, issued)                   CDS Hooks cards, and what to remember
-    IssuedCard           one card issued (uuid, code, service, version) for feedback
+    IssuedCard           one card issued (uuid, code, version, suggestions; members and the
+                         member of each suggestion) for feedback
     build_trace(...)     the explain trace;  EXPLAIN_KEY  its response extension key
     apply_activity(definition, evaluator, env, data, outcomes)  an ActivityDefinition applied
 """

@@ -23,6 +23,7 @@ from cds_service.fhirpath import (
     plain,
 )
 from cds_service.knowledge import (
+    INDICATOR,
     CardAction,
     Condition,
     Plan,
@@ -46,6 +47,22 @@ class CardResult:
     description: str | None = None
     suggestions: list[SuggestionResult] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    indicator: str = "info"  # the action's, or its dynamic priority's
+    prefix: str | None = None  # a member's heading in its bundle's detail
+    members: list[CardResult] = field(default_factory=list)  # a bundle's members evaluated (empty when its conditions failed)
+
+    @property
+    def code(self) -> str:
+        return self.action.code.get("code", "")
+
+    @property
+    def fired_members(self) -> list[CardResult]:
+        return [m for m in self.members if m.fired]
+
+    @property
+    def codes(self) -> list[str]:
+        """The recommendation codes the card reports: a bundle's fired members, else its own."""
+        return [m.code for m in self.fired_members] if self.action.is_bundle else [self.code]
 
 
 @dataclass
@@ -96,10 +113,11 @@ class _Run:
         self.variables.setdefault(variable.name, outcome)
         return value
 
-    def action_env(self, action: CardAction) -> Environment:
+    def action_env(self, action: CardAction, parent: Environment | None = None) -> Environment:
+        outer = self.env if parent is None else parent
         if not action.variables:
-            return self.env
-        return Environment({}, self._lazy(action.variables), parent=self.env)
+            return outer
+        return Environment({}, self._lazy(action.variables), parent=outer)
 
     def condition(self, condition: Condition, env: Environment) -> Outcome:
         outcome = Outcome(condition.element, condition.expression.source, description=condition.description)
@@ -116,11 +134,14 @@ class _Run:
             outcome.error = f"not a boolean: {_summary(value)!r}; counted as false"
         return outcome
 
-    def text(self, expr: Expression, env: Environment, element: str, outcomes: list[Outcome]) -> str | None:
+    def text(self, expr: Expression, env: Environment, element: str, outcomes: list[Outcome],
+             allow_empty: bool = False) -> str | None:
         try:
             value = plain(self.evaluator.run(expr, env))
         except EvaluationError as exc:
             outcomes.append(Outcome(element, expr.source, error=str(exc)))
+            return None
+        if allow_empty and not value:
             return None
         if len(value) != 1 or not isinstance(value[0], str | int | float):
             outcomes.append(Outcome(element, expr.source, error=f"expected one string, got {value!r}"))
@@ -152,16 +173,18 @@ def _passes(run: _Run, conditions: tuple[Condition, ...], env: Environment, outc
     return passed
 
 
-def _card(run: _Run, action: CardAction) -> CardResult:
-    result = CardResult(action=action, title=action.title, description=action.description)
-    env = run.action_env(action)
+def _card(run: _Run, action: CardAction, parent: Environment | None = None,
+          reasons_above: bool = False) -> CardResult:
+    """One card action (or a bundle's member, evaluated in its bundle's environment)."""
+    result = CardResult(action=action, title=action.title, description=action.description,
+                        indicator=action.indicator, prefix=action.prefix)
+    env = run.action_env(action, parent)
     if not _passes(run, action.conditions, env, result.outcomes):
         return result
+    if action.is_bundle:
+        return _bundle(run, action, env, result)
     result.fired = True
-    for path, expr in action.dynamic:
-        text = run.text(expr, env, f"{action.element}.dynamicValue[{path}]", result.outcomes)
-        if text is not None:
-            setattr(result, path, text)
+    _dynamic(run, action, env, result, bool(action.override_reasons) or reasons_above)
     for suggestion in action.suggestions:
         outcomes: list[Outcome] = []
         if _passes(run, suggestion.conditions, env, outcomes):
@@ -169,6 +192,44 @@ def _card(run: _Run, action: CardAction) -> CardResult:
             result.suggestions.append(SuggestionResult(suggestion, resource))
         result.outcomes.extend(outcomes)
     return result
+
+
+def _bundle(run: _Run, action: CardAction, env: Environment, result: CardResult) -> CardResult:
+    """Members first, exactly as standalone cards; the bundle fires when one of them did,
+    and its text is computed last so it can name them (%bundleMembers)."""
+    reasons = bool(action.override_reasons)
+    result.members = [_card(run, m, env, reasons) for m in action.members if run.data.hook in m.hooks]
+    fired = [m.code for m in result.fired_members]
+    if not fired:
+        return result
+    result.fired = True
+    _dynamic(run, action, Environment({"bundleMembers": fired}, {}, parent=env), result, reasons)
+    return result
+
+
+def _dynamic(run: _Run, action: CardAction, env: Environment, result: CardResult, has_reasons: bool) -> None:
+    for path, expr in action.dynamic:
+        where = f"{action.element}.dynamicValue[{path}]"
+        # An empty prefix (no heading) is an answer, not an error.
+        text = run.text(expr, env, where, result.outcomes, allow_empty=path == "prefix")
+        if path == "prefix":
+            result.prefix = text or None
+            continue
+        if text is None:
+            continue
+        if path != "priority":
+            setattr(result, path, text)
+            continue
+        indicator = INDICATOR.get(text)
+        if indicator is None:
+            result.outcomes.append(Outcome(where, expr.source, error=f"priority '{text}' is not one of "
+                                           f"{', '.join(INDICATOR)}: ignored"))
+        elif indicator != "info" and not has_reasons:
+            # A warning the clinician cannot override would be refused by the 2.0 schema.
+            result.outcomes.append(Outcome(where, expr.source, error=f"priority '{text}' needs override reasons, "
+                                           "which this action has not: ignored"))
+        else:
+            result.indicator = indicator
 
 
 def _summary(value: Any) -> Any:

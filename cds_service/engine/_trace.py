@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_service.engine._context import RequestData
-from cds_service.engine._evaluate import PlanResult
+from cds_service.engine._evaluate import CardResult, PlanResult
 from cds_service.fhirpath import codings, element_values
-from cds_service.knowledge import Terminology
+from cds_service.knowledge import CardAction, Terminology
 
 EXPLAIN_KEY = "org.myeloma-cds.explain"
 _CODE_PATHS = ("code", "medication", "vaccineCode")
@@ -33,18 +33,35 @@ def build(
         "dataRequirements": dict(reports),
         "triggerOrders": [f"{o.get('resourceType')}/{o.get('id')}" for o in data.selections],
         "variables": {name: outcome.as_dict() for name, outcome in result.variables.items()},
-        "actions": [
-            {
-                "code": card.action.code.get("code"),
-                "fired": card.fired,
-                "element": card.action.element,
-                "conditions": [o.as_dict() for o in card.outcomes],
-            }
-            for card in result.cards
-        ],
+        "actions": [_action(card, data.hook) for card in result.cards],
         "notes": list(dict.fromkeys(result.notes)),
         "unmatchedCodes": unmatched_codes(data, received, terminology),
     }
+
+
+def _action(card: CardResult, hook: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "code": card.code,
+        "fired": card.fired,
+        "element": card.action.element,
+        "conditions": [o.as_dict() for o in card.outcomes],
+    }
+    if card.action.is_bundle:
+        # Every member, fired or not (the card lists only those that fired); a member is
+        # "not evaluated" when the bundle's own conditions did not hold, or not on this hook.
+        evaluated = {m.code: m for m in card.members}
+        entry["members"] = [
+            _action(evaluated[m.code.get("code", "")], hook) if m.code.get("code", "") in evaluated
+            else {"code": m.code.get("code"), "fired": False, "element": m.element, "conditions": [],
+                  "note": _not_evaluated(m, hook)}
+            for m in card.action.members]
+    return entry
+
+
+def _not_evaluated(member: CardAction, hook: str) -> str:
+    if hook not in member.hooks:
+        return f"not evaluated: it does not run on {hook}"
+    return "not evaluated: the bundle's conditions do not hold"
 
 
 def unmatched_codes(data: RequestData, received: Mapping[str, list[dict]], terminology: Terminology) -> list[dict[str, Any]]:

@@ -6,6 +6,9 @@ replay store shares the database).
                    code, PlanDefinition url and version, suggestion uuids), for which call
                    (service, hookInstance) and when. Any replica can then link feedback
                    for a card another replica issued.
+    issued_card_members, issued_suggestions   the codes a card reports (a bundle: its fired
+                   members) and the member each suggestion is for; the views card_members
+                   and feedback_members give the report its per-member counts.
     feedback       one row per distinct feedback item (see idempotency_key), as received.
     (issued_cards rows older than issued_card_days are deleted by the writer: retention)
     feedback_linked  a view: each feedback row with its card's facts, linked = 0 when the
@@ -61,6 +64,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             FROM feedback f LEFT JOIN issued_cards c ON c.card_uuid = f.card_uuid""",
     ),
     ("CREATE INDEX issued_cards_issued_at ON issued_cards (issued_at)",),  # retention (issued_card_days)
+    (  # bundled cards: the member codes a card reports, and which member each suggestion is for
+        """CREATE TABLE issued_card_members (
+            card_uuid      TEXT NOT NULL,
+            member_code    TEXT NOT NULL,
+            PRIMARY KEY (card_uuid, member_code))""",
+        "CREATE INDEX issued_card_members_code ON issued_card_members (member_code)",
+        """CREATE TABLE issued_suggestions (
+            card_uuid        TEXT NOT NULL,
+            suggestion_uuid  TEXT NOT NULL,
+            member_code      TEXT NOT NULL,
+            PRIMARY KEY (card_uuid, suggestion_uuid))""",
+        # A card recorded without member rows (before this version, or by a replica not yet
+        # upgraded) reports its one code: no row is rewritten, none is lost.
+        """CREATE VIEW card_members AS
+            SELECT m.card_uuid, m.member_code AS code
+            FROM issued_card_members m JOIN issued_cards c ON c.card_uuid = m.card_uuid
+            UNION ALL
+            SELECT c.card_uuid, c.code FROM issued_cards c
+            WHERE NOT EXISTS (SELECT 1 FROM issued_card_members m WHERE m.card_uuid = c.card_uuid)""",
+        # Feedback per member (B-0.8): overridden counts for every member of the card;
+        # accepted for the members whose suggestions were accepted (a card of one member:
+        # that member). accepted_suggestions is a JSON list of quoted ids, so a quoted uuid
+        # matches exactly; the same LIKE runs on SQLite and PostgreSQL.
+        """CREATE VIEW feedback_members AS
+            SELECT f.idempotency_key, f.card_uuid, f.outcome, f.override_system, f.override_code,
+                   f.override_display, m.code
+            FROM feedback f JOIN card_members m ON m.card_uuid = f.card_uuid
+            WHERE f.outcome = 'overridden'
+               OR (SELECT COUNT(*) FROM card_members o WHERE o.card_uuid = f.card_uuid) = 1
+               OR EXISTS (SELECT 1 FROM issued_suggestions s
+                          WHERE s.card_uuid = f.card_uuid AND s.member_code = m.code
+                            AND f.accepted_suggestions LIKE '%"' || s.suggestion_uuid || '"%')""",
+    ),
 )
 
 
@@ -74,6 +110,8 @@ class CardRow:
     plan_version: str | None
     suggestions: tuple[str, ...]
     issued_at: str
+    members: tuple[str, ...] = ()  # the codes the card reports (a bundle: its fired members)
+    suggestion_members: tuple[tuple[str, str], ...] = ()  # (suggestion uuid, member code)
 
 
 @dataclass(frozen=True)
@@ -106,7 +144,8 @@ def timestamp(moment: dt.datetime) -> str:
 def card_rows(service_id: str, hook_instance: str, issued: Sequence[IssuedCard], now: dt.datetime) -> list[CardRow]:
     return [CardRow(card_uuid=c.uuid, service_id=service_id, hook_instance=hook_instance, code=c.code,
                     plan_url=c.plan_url, plan_version=c.plan_version, suggestions=c.suggestions,
-                    issued_at=timestamp(now)) for c in issued]
+                    issued_at=timestamp(now), members=c.members, suggestion_members=c.suggestion_members)
+            for c in issued]
 
 
 def feedback_rows(body: dict[str, Any], service_id: str, now: dt.datetime) -> list[FeedbackRow]:
@@ -142,9 +181,16 @@ def insert_cards(db: Database, cur: Any, rows: Sequence[CardRow]) -> None:
     statement = db.sql(
         "INSERT INTO issued_cards (card_uuid, service_id, hook_instance, code, plan_url, plan_version, suggestions,"
         " issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING")
+    members = db.sql("INSERT INTO issued_card_members (card_uuid, member_code) VALUES (?, ?) ON CONFLICT DO NOTHING")
+    owners = db.sql("INSERT INTO issued_suggestions (card_uuid, suggestion_uuid, member_code) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO NOTHING")
     for r in rows:
         cur.execute(statement, (r.card_uuid, r.service_id, r.hook_instance, r.code, r.plan_url, r.plan_version,
                                 json.dumps(list(r.suggestions)), r.issued_at))
+        for code in dict.fromkeys(r.members or (r.code,)):
+            cur.execute(members, (r.card_uuid, code))
+        for suggestion, code in r.suggestion_members:
+            cur.execute(owners, (r.card_uuid, suggestion, code))
 
 
 def insert_feedback(db: Database, cur: Any, rows: Sequence[FeedbackRow]) -> int:
@@ -165,8 +211,11 @@ def insert_feedback(db: Database, cur: Any, rows: Sequence[FeedbackRow]) -> int:
 def purge_cards(db: Database, cur: Any, before: str, limit: int) -> int:
     """Deletes at most `limit` issued-card records issued before `before` (a timestamp());
     returns how many. Their feedback rows stay (unlinked from then on)."""
-    cur.execute(db.sql("DELETE FROM issued_cards WHERE card_uuid IN"
-                       f" (SELECT card_uuid FROM issued_cards WHERE issued_at < ? LIMIT {int(limit)})"), (before,))
+    # The same ordered selection three times in one transaction: the same cards each time.
+    oldest = f"(SELECT card_uuid FROM issued_cards WHERE issued_at < ? ORDER BY issued_at, card_uuid LIMIT {int(limit)})"
+    for table in ("issued_card_members", "issued_suggestions"):
+        cur.execute(db.sql(f"DELETE FROM {table} WHERE card_uuid IN {oldest}"), (before,))
+    cur.execute(db.sql(f"DELETE FROM issued_cards WHERE card_uuid IN {oldest}"), (before,))
     return max(cur.rowcount, 0)
 
 

@@ -1,5 +1,7 @@
 """`mm-cds feedback-report`: per recommendation code, how many cards were shown, how many
-were accepted and overridden, and the override reasons with their counts.
+were accepted and overridden, and the override reasons with their counts. A bundled card
+counts for each member it listed: shown and overridden for every one of them, accepted for
+the members whose suggestions were accepted.
 
 Counts are cards, not posts: a card accepted twice (the client repeating itself) counts
 once. Feedback whose card the service never recorded is reported under "(unlinked)".
@@ -16,12 +18,18 @@ from cds_service.feedback._db import Database
 UNLINKED = "(unlinked)"
 NO_REASON = "(no reason given)"
 
-SHOWN = "SELECT code, COUNT(*) AS n FROM issued_cards GROUP BY code"
-OUTCOMES = ("SELECT COALESCE(code, '(unlinked)') AS code, outcome, COUNT(DISTINCT card_uuid) AS n"
-            " FROM feedback_linked GROUP BY 1, 2")
-REASONS = ("SELECT COALESCE(code, '(unlinked)') AS code, override_system AS system, override_code AS reason,"
-           " MAX(override_display) AS display, COUNT(DISTINCT card_uuid) AS n"
-           " FROM feedback_linked WHERE outcome = 'overridden' GROUP BY 1, 2, 3")
+# Per member code (a bundled card counts for each member it listed: B-0.8), from the views
+# card_members and feedback_members; feedback for a card never recorded counts as unlinked.
+SHOWN = "SELECT code, COUNT(DISTINCT card_uuid) AS n FROM card_members GROUP BY code"
+OUTCOMES = ("SELECT code, outcome, COUNT(DISTINCT card_uuid) AS n FROM feedback_members GROUP BY code, outcome"
+            " UNION ALL SELECT CAST('(unlinked)' AS TEXT), outcome, COUNT(DISTINCT card_uuid)"
+            " FROM feedback_linked WHERE linked = 0 GROUP BY outcome")
+REASONS = ("SELECT code, override_system AS system, override_code AS reason, MAX(override_display) AS display,"
+           " COUNT(DISTINCT card_uuid) AS n FROM feedback_members WHERE outcome = 'overridden'"
+           " GROUP BY code, override_system, override_code"
+           " UNION ALL SELECT CAST('(unlinked)' AS TEXT), override_system, override_code, MAX(override_display),"
+           " COUNT(DISTINCT card_uuid) FROM feedback_linked WHERE linked = 0 AND outcome = 'overridden'"
+           " GROUP BY override_system, override_code")
 
 
 @dataclass

@@ -6,11 +6,13 @@ Public API:
     settle(kb=None)                            freeze what is loaded out of the garbage collector
     KnowledgeBase    .services, .plans, .terminology, .fingerprint, .files, .service_for(...)
     KINDS            the resource types a knowledge directory may hold
-    Plan, Service, CardAction, SuggestionAction, ActivityDefinition, Condition, Variable,
+    Plan, Service, CardAction, Citation, SuggestionAction, ActivityDefinition, Condition, Variable,
     DataRequirement, CodeFilter, DateFilter, Artifact         the compiled model
     Terminology, ExpandedValueSet, NDC, ndc_product            value sets and codes; Terminology.unit_map
                                                (the unit ConceptMaps) and .result_text_system (result strings)
     resolve_template, check_template, build_template, TemplateError   prefetch templates
+    INDICATOR, INDICATOR_RANK   priority -> card indicator, and the indicators' order
+    RECOMMENDATIONS_KEY  the card extension key listing the recommendation codes it reports
     PATIENT_PARAM    the search parameter that names the patient
     MEDICATION_RECORD_TYPES   records whose medication[x] may be a reference
     path_problem(kind, path), element_path_segments(path)   dynamicValue element paths
@@ -33,10 +35,14 @@ from cds_service.knowledge._catalogue import (
 from cds_service.knowledge._golive import EXT_GO_LIVE, GateItem, GateStatus, gate_status, gate_text
 from cds_service.knowledge._load import KINDS, KnowledgeBase, load, settle
 from cds_service.knowledge._model import (
+    INDICATOR,
+    INDICATOR_RANK,
     MEDICATION_RECORD_TYPES,
+    RECOMMENDATIONS_KEY,
     ActivityDefinition,
     Artifact,
     CardAction,
+    Citation,
     CodeFilter,
     Condition,
     DataRequirement,
@@ -64,8 +70,8 @@ from cds_service.knowledge._terminology import (
 
 __all__ = [
     "EXT_GO_LIVE", "GateItem", "GateStatus", "gate_status", "gate_text",
-    "MEDICATION_RECORD_TYPES",
-    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "CodeFilter", "Condition",
+    "INDICATOR", "INDICATOR_RANK", "MEDICATION_RECORD_TYPES", "RECOMMENDATIONS_KEY",
+    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "Citation", "CodeFilter", "Condition",
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",
     "TemplateError", "Terminology", "Variable", "build_template", "catalogue_html", "catalogue_markdown",
     "catalogue_table_html", "check_template", "counts", "element_path_segments", "entries", "load", "ndc_product", "path_problem", "readme_is_fresh",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cds_service.knowledge._load import KnowledgeBase
+from cds_service.knowledge._model import CardAction
 
 HOOK_ORDER = ("order-select", "order-sign", "patient-view")
 
@@ -25,23 +26,44 @@ class Entry:
     suggestions: tuple[str, ...]
     sources: tuple[str, ...]
     plan: str
+    members: tuple[str, ...] = ()  # a bundled card: its member codes (the entries after it)
+    bundle: str | None = None  # a member: the code of the bundle that shows it
+
+    @property
+    def label(self) -> str:
+        """The code cell: a bundle says so, a member names its bundle."""
+        if self.members:
+            return f"{self.code} (bundle)"
+        return f"{self.code} (in {self.bundle})" if self.bundle else self.code
+
+
+def _entry(action: CardAction, plan: str, bundle: CardAction | None = None) -> Entry:
+    fires = [c.description or c.expression.source for c in action.conditions]
+    if action.is_bundle:
+        fires.append("at least one member fires: " + ", ".join(action.codes))
+    return Entry(
+        code=action.code.get("code", ""),
+        title=action.title,
+        hooks=tuple(h for h in HOOK_ORDER if h in action.hooks),
+        indicator="highest fired member's" if action.is_bundle else action.indicator,
+        fires_when=tuple(fires),
+        suggestions=tuple(s.title for s in action.suggestions),
+        sources=tuple(c.label for c in action.citations),
+        plan=plan,
+        members=action.codes if action.is_bundle else (),
+        bundle=bundle.code.get("code", "") if bundle is not None else None,
+    )
 
 
 def entries(kb: KnowledgeBase) -> list[Entry]:
-    rows = []
+    """Every action, in code order; a bundle is followed by its members, in plan order."""
+    groups = []
     for plan in kb.plans.values():
         for action in plan.actions:
-            rows.append(Entry(
-                code=action.code.get("code", ""),
-                title=action.title,
-                hooks=tuple(h for h in HOOK_ORDER if h in action.hooks),
-                indicator=action.indicator,
-                fires_when=tuple(c.description or c.expression.source for c in action.conditions),
-                suggestions=tuple(s.title for s in action.suggestions),
-                sources=tuple(c.label for c in action.citations),
-                plan=plan.id,
-            ))
-    return sorted(rows, key=lambda e: (_code_key(e.code), HOOK_ORDER.index(e.hooks[0]) if e.hooks else 0))
+            group = [_entry(action, plan.id)] + [_entry(m, plan.id, action) for m in action.members]
+            groups.append(group)
+    groups.sort(key=lambda g: (_code_key(g[0].code), HOOK_ORDER.index(g[0].hooks[0]) if g[0].hooks else 0))
+    return [e for group in groups for e in group]
 
 
 def _code_key(code: str) -> tuple:
@@ -61,11 +83,16 @@ def catalogue_markdown(kb: KnowledgeBase) -> str:
     ]
     for e in entries(kb):
         lines.append("| " + " | ".join(_cell(x) for x in (
-            e.code, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
+            e.label, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
             "; ".join(e.suggestions) or "-", "; ".join(e.sources))) + " |")
     codes, actions = counts(kb)
     lines.append("")
     lines.append(f"{codes} recommendations in {actions} PlanDefinition actions.")
+    bundles = [e for e in entries(kb) if e.members]
+    if bundles:
+        lines.append("")
+        lines.append("Bundled cards (one card listing the members that fired): " + "; ".join(
+            f"{e.code} ({', '.join(e.hooks)}): {', '.join(e.members)}" for e in bundles) + ".")
     return "\n".join(lines)
 
 
@@ -73,7 +100,7 @@ def catalogue_table_html(kb: KnowledgeBase) -> str:
     """The catalogue as an HTML table (the "try it" page embeds it)."""
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in (
-            e.code, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
+            e.label, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
             "; ".join(e.suggestions) or "-", "; ".join(e.sources))) + "</tr>"
         for e in entries(kb)
     )
@@ -83,9 +110,10 @@ def catalogue_table_html(kb: KnowledgeBase) -> str:
 
 
 def counts(kb: KnowledgeBase) -> tuple[int, int]:
-    """(recommendation codes, PlanDefinition actions)."""
+    """(recommendation codes, PlanDefinition actions): a bundle's topic is not a
+    recommendation of its own (its members are), but it is an action."""
     rows = entries(kb)
-    return len({e.code for e in rows}), len(rows)
+    return len({e.code for e in rows if not e.members}), len(rows)
 
 
 def catalogue_html(kb: KnowledgeBase) -> str:

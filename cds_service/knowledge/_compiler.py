@@ -20,6 +20,7 @@ from cds_service.errors import Problem
 from cds_service.knowledge._model import (
     HOOKS,
     INDICATOR,
+    INDICATOR_RANK,
     ActivityDefinition,
     Artifact,
     CardAction,
@@ -54,6 +55,11 @@ _DAYS_PER = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 
              "months": 30, "a": 365, "year": 365, "years": 365}
 SUMMARY_MAX = 140
 SELECTION = ("any", "at-most-one")
+BUNDLE_GROUPING = "logical-group"  # a top-level action with this groupingBehavior is a bundled card
+CARD_DYNAMIC = ("title", "description", "priority")
+MEMBER_DYNAMIC = ("title", "description", "priority", "prefix")  # prefix: the member's heading ("Review")
+BUNDLE_DYNAMIC = ("title", "description")
+BUNDLE_NAMES = frozenset({"bundleMembers"})  # the fired member codes, for a bundle's dynamic values
 SUPPORTED_KINDS = ("ServiceRequest", "MedicationRequest", "CommunicationRequest", "Task",
                    "ImmunizationRecommendation", "NutritionOrder", "DeviceRequest")
 
@@ -171,35 +177,52 @@ class Compiler:
                 if key in seen:
                     self._problem(card.element, f"code {key[1]} is already used by {seen[key]} for hook {hook}: one card per code")
                 seen[key] = card.element
+        # A member's code names one action of the plan, whatever the hook: its feedback,
+        # its scenarios and "one card per code per call" all rely on it.
+        owners: dict[str, list[str]] = {}
+        for card in cards:
+            for entry in (card, *card.members):
+                owners.setdefault(entry.code.get("code", ""), []).append(entry.element)
+        for card in cards:
+            for member in card.members:
+                code = member.code.get("code", "")
+                others = [e for e in owners[code] if e != member.element]
+                if others:
+                    self._problem(f"{member.element}.code", f"member code {code} is also used by {others[0]}: "
+                                  "a member code appears in one action of the plan (one card per code per call)")
 
-    def _card(self, action: dict, element: str, names: frozenset[str]) -> CardAction | None:
+    def _card(self, action: dict, element: str, names: frozenset[str],
+              bundle: tuple[frozenset[str], bool] | None = None) -> CardAction | None:
+        """A card action, or a bundle's member when `bundle` is (its hooks, whether it has override reasons)."""
+        if action.get("groupingBehavior") == BUNDLE_GROUPING:
+            if bundle is not None:
+                self._problem(f"{element}.groupingBehavior", "a member cannot itself be a bundle (members are cards)")
+                return None
+            return self._bundle(action, element, names)
         before = len(self.problems)
-        hooks = self._hooks(action, element)
+        hooks = self._hooks(action, element) if bundle is None else self._member_hooks(action, element, bundle[0])
         code = self._code(action, element)
-        title = action.get("title")
-        if not title:
-            self._problem(f"{element}.title", "is required: it becomes the card summary")
-        elif len(title) >= SUMMARY_MAX:
-            self._problem(f"{element}.title", f"is {len(title)} characters; a card summary must be under {SUMMARY_MAX}")
+        title = self._title(action, element, summary=bundle is None)
         priority = action.get("priority", "routine")
         if priority not in INDICATOR:
             self._problem(f"{element}.priority", f"'{priority}' is not one of {', '.join(INDICATOR)}")
         local = set(names)
         variables = self.variables(action, element, local)
         conditions = self._conditions(action, element, frozenset(local))
-        dynamic = self._dynamic(action, element, frozenset(local))
+        dynamic = self._dynamic(action, element, frozenset(local), CARD_DYNAMIC if bundle is None else MEMBER_DYNAMIC)
         suggestions = [
             s for i, child in enumerate(action.get("action") or [])
             if (s := self._suggestion(child, f"{element}.action[{i}]", frozenset(local))) is not None
         ]
         selection = action.get("selectionBehavior")
-        if action.get("action") and selection not in SELECTION:
+        if bundle is None and action.get("action") and selection not in SELECTION:
             self._problem(f"{element}.selectionBehavior",
                           f"must be one of {', '.join(SELECTION)} when the action has suggestions (was {selection or 'not given'})")
         reasons = self._override_reasons(action, element)
-        if INDICATOR.get(priority) in ("warning", "critical") and not reasons:
+        if INDICATOR.get(priority) in ("warning", "critical") and not reasons and not (bundle and bundle[1]):
             self._problem(f"{element}.extension", f"an action with priority {priority} needs override reasons "
-                          f"(extension {self.base}/StructureDefinition/override-reasons)")
+                          f"(extension {self.base}/StructureDefinition/override-reasons"
+                          + (", on the member or on its bundle)" if bundle else ")"))
         citations = self._citations(action, element)
         if len(self.problems) > before:
             return None
@@ -209,7 +232,73 @@ class Compiler:
             conditions=tuple(conditions), dynamic=tuple(dynamic), suggestions=tuple(suggestions),
             selection_behavior=selection if suggestions else None, override_reasons=tuple(reasons),
             citations=tuple(citations), element=element,
+            prefix=(action.get("prefix") or None) if bundle is not None else None,
         )
+
+    def _bundle(self, action: dict, element: str, names: frozenset[str]) -> CardAction | None:
+        """A bundled card: its own code, triggers, conditions, variables and text; its
+        nested actions are members (each a card action with its own code)."""
+        before = len(self.problems)
+        hooks = self._hooks(action, element)
+        code = self._code(action, element)
+        title = self._title(action, element)
+        if "priority" in action:
+            self._problem(f"{element}.priority", "a bundle takes the highest indicator of its fired members: "
+                          "give priority on the members")
+        local = set(names)
+        variables = self.variables(action, element, local)
+        conditions = self._conditions(action, element, frozenset(local))
+        # Evaluated after the members, so the summary can count them (%bundleMembers).
+        dynamic = self._dynamic(action, element, frozenset(local) | BUNDLE_NAMES, BUNDLE_DYNAMIC)
+        reasons = self._override_reasons(action, element)
+        children = action.get("action") or []
+        if not children:
+            self._problem(f"{element}.action", "a bundle needs at least one member (a nested action with its own code)")
+        members = []
+        for i, child in enumerate(children):
+            where = f"{element}.action[{i}]"
+            if child.get("definitionCanonical"):
+                self._problem(f"{where}.definitionCanonical", "a bundle cannot itself have suggestions: "
+                              "they come from its members (move this action into a member)")
+                continue
+            member = self._card(child, where, frozenset(local), (frozenset(hooks), bool(reasons)))
+            if member is not None:
+                members.append(member)
+        selection = action.get("selectionBehavior")
+        suggesting = any(m.suggestions for m in members)
+        if suggesting and selection not in SELECTION:
+            self._problem(f"{element}.selectionBehavior", f"must be one of {', '.join(SELECTION)} when its members "
+                          f"have suggestions (was {selection or 'not given'})")
+        citations = self._citations(action, element)
+        if len(self.problems) > before:
+            return None
+        return CardAction(
+            code=code, title=str(title), description=action.get("description"),
+            indicator=max((m.indicator for m in members), key=INDICATOR_RANK.__getitem__),
+            hooks=frozenset(hooks), variables=tuple(variables), conditions=tuple(conditions),
+            dynamic=tuple(dynamic), suggestions=(), selection_behavior=selection if suggesting else None,
+            override_reasons=tuple(reasons), citations=tuple(citations), element=element, members=tuple(members),
+        )
+
+    def _title(self, action: dict, element: str, summary: bool = True) -> str | None:
+        """The card summary's text, or (summary False) the line heading a member in its bundle's detail."""
+        title = action.get("title")
+        if not title:
+            self._problem(f"{element}.title", "is required: it becomes the card summary" if summary
+                          else "is required: it heads the member's line in its bundle's detail")
+        elif summary and len(title) >= SUMMARY_MAX:
+            self._problem(f"{element}.title", f"is {len(title)} characters; a card summary must be under {SUMMARY_MAX}")
+        return title
+
+    def _member_hooks(self, action: dict, element: str, bundle_hooks: frozenset[str]) -> list[str]:
+        """A member runs on its bundle's hooks, or on those of them its own triggers name."""
+        if not action.get("trigger"):
+            return sorted(bundle_hooks)
+        hooks = self._hooks(action, element)
+        outside = sorted(set(hooks) - bundle_hooks)
+        if outside:
+            self._problem(f"{element}.trigger", f"hook(s) {', '.join(outside)} are not among its bundle's triggers")
+        return [h for h in hooks if h in bundle_hooks]
 
     def _hooks(self, action: dict, element: str) -> list[str]:
         triggers = action.get("trigger") or []
@@ -246,7 +335,7 @@ class Compiler:
                 result.append(Condition(expr, (condition.get("expression") or {}).get("description"), where))
         return result
 
-    def _dynamic(self, owner: dict, element: str, names: frozenset[str] | None, paths=("title", "description")):
+    def _dynamic(self, owner: dict, element: str, names: frozenset[str] | None, paths: tuple[str, ...] = CARD_DYNAMIC):
         result = []
         for i, dv in enumerate(owner.get("dynamicValue") or []):
             where = f"{element}.dynamicValue[{i}]"

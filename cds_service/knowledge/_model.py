@@ -10,6 +10,10 @@ from cds_service.knowledge._terminology import ExpandedValueSet
 
 HOOKS = ("order-select", "order-sign", "patient-view")
 INDICATOR = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
+INDICATOR_RANK = {"info": 0, "warning": 1, "critical": 2}  # a bundle shows its highest fired member's
+# The response extension key that lists the recommendation codes a card reports (a bundle: its
+# fired members; any other card: its one code), per RECOMMENDATIONS-v2 B-0.
+RECOMMENDATIONS_KEY = "myeloma-cds.recommendations"
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,12 @@ class SuggestionAction:
 
 @dataclass(frozen=True)
 class CardAction:
-    """A top-level action: one card, identified by its recommendation code."""
+    """A top-level action: one card, identified by its recommendation code.
+
+    A bundle (groupingBehavior logical-group) is a CardAction whose `members` are
+    CardActions themselves, each evaluated as a standalone card would be; the bundle's
+    card is issued when its own conditions hold and at least one member fired.
+    """
 
     code: dict  # Coding in the recommendation CodeSystem
     title: str
@@ -126,6 +135,19 @@ class CardAction:
     override_reasons: tuple[dict, ...]
     citations: tuple[Citation, ...]
     element: str
+    members: tuple[CardAction, ...] = ()
+    prefix: str | None = None  # a member's heading in its bundle's detail ("Review"); None: none
+
+    @property
+    def is_bundle(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The recommendation codes this action can report: a bundle's members, else its own."""
+        if self.members:
+            return tuple(m.code.get("code", "") for m in self.members)
+        return (self.code.get("code", ""),)
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,25 @@ the test suite (YAML files; `_library.yaml` holds shared resources).
 
 Public API:
     Scenario, Verdict, load_file, load_all, load_library, scenario_files, find, check,
-    card_code, site_dirs_for, folder_site_dirs, read_yaml, shift_dates, DEFAULT_FOLDER
+    card_code, card_codes, member_detail, member_suggestions, site_dirs_for, folder_site_dirs, read_yaml, shift_dates, DEFAULT_FOLDER,
+    RECOMMENDATIONS_KEY (the card extension key listing the codes a card reports)
 """
 
 from cds_service.scenarios._format import (
     DEFAULT_FOLDER,
+    RECOMMENDATIONS_KEY,
     Scenario,
     Verdict,
     card_code,
+    card_codes,
     check,
     find,
     folder_site_dirs,
     load_all,
     load_file,
     load_library,
+    member_detail,
+    member_suggestions,
     patient_id,
     read_yaml,
     scenario_files,
@@ -26,6 +31,6 @@ from cds_service.scenarios._format import (
 )
 
 __all__ = [
-    "DEFAULT_FOLDER", "Scenario", "Verdict", "card_code", "check", "find", "folder_site_dirs", "load_all",
-    "load_file", "load_library", "patient_id", "read_yaml", "scenario_files", "shift_dates", "site_dirs_for",
+    "DEFAULT_FOLDER", "RECOMMENDATIONS_KEY", "Scenario", "Verdict", "card_code", "card_codes", "check", "find", "folder_site_dirs", "load_all",
+    "load_file", "load_library", "member_detail", "member_suggestions", "patient_id", "read_yaml", "scenario_files", "shift_dates", "site_dirs_for",
 ]

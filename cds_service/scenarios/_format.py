@@ -17,6 +17,13 @@ test` and `mm-cds explain` (in-process), the "try it" page, and `mm-cds export-p
         expect: [CODE-1]                          the exact set of recommendation codes
         expectSuggestions: {CODE-1: [A suggestion label]}
         expectDetail: {CODE-1: ["a fragment"]}    fragments the card detail must hold
+        expectCards: 2                            optional: the number of cards in the answer
+        expectBundles: {BUNDLE: [CODE-1, CODE-2]} optional: the members each bundled card lists
+
+A bundled card counts as its members (the codes in its extension, RECOMMENDATIONS_KEY):
+`expect`, `expectSuggestions` and `expectDetail` name member codes, and look inside the
+bundled card that holds them (a member's detail is its "[CODE] ..." section, its
+suggestions those whose resource carries its code in meta.tag).
 
 tests/scenarios/ holds the real ones; a wheel carries a copy (config.shipped).
 
@@ -45,6 +52,9 @@ DEFAULT_FOLDER = shipped("scenarios")
 SETTINGS_FILE = "_settings.yaml"
 PATIENT_FIELD = {"Immunization": "patient", "AllergyIntolerance": "patient"}
 DEFAULT_NOW = "2026-06-15T12:00:00Z"
+# The card extension key listing the codes a card reports: knowledge.RECOMMENDATIONS_KEY,
+# repeated because scenarios/ and knowledge/ are independent layers (a test keeps them equal).
+RECOMMENDATIONS_KEY = "myeloma-cds.recommendations"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ten times faster
 
 
@@ -65,6 +75,8 @@ class Scenario:
     encounter: str | None = None
     expect_detail: dict[str, list[str]] = field(default_factory=dict)
     expect_suggestions: dict[str, list[str]] = field(default_factory=dict)
+    expect_cards: int | None = None
+    expect_bundles: dict[str, list[str]] = field(default_factory=dict)
     modes: tuple[str, ...] = ("prefetch", "fetch")
     service: str | None = None
     file: str = ""
@@ -94,6 +106,8 @@ class Scenario:
             encounter=merged.get("encounter"),
             expect_detail=raw.get("expectDetail") or {},
             expect_suggestions=raw.get("expectSuggestions") or {},
+            expect_cards=raw.get("expectCards"),
+            expect_bundles=raw.get("expectBundles") or {},
             modes=tuple(merged.get("modes") or ("prefetch", "fetch")),
             service=merged.get("service"),
             file=file,
@@ -251,23 +265,67 @@ class Verdict:
 
 
 def card_code(card: dict) -> str:
+    """The card's topic: its recommendation code, or a bundle's own code."""
     return ((card.get("source") or {}).get("topic") or {}).get("code", "")
+
+
+def card_codes(card: dict) -> list[str]:
+    """The recommendation codes a card reports: its extension's list (a bundle's fired
+    members), else its topic."""
+    listed = (card.get("extension") or {}).get(RECOMMENDATIONS_KEY)
+    if isinstance(listed, list) and listed:
+        return [str(code) for code in listed]
+    return [card_code(card)]
+
+
+def member_detail(card: dict, code: str) -> str:
+    """The part of a card's detail about one code: all of it for an unbundled card; in a
+    bundle, from the line "[CODE] ..." to the next member's line."""
+    detail = card.get("detail", "")
+    if card_code(card) == code:
+        return detail
+    others = tuple(f"[{c}] " for c in card_codes(card) if c != code)
+    lines = detail.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"[{code}] ")), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(others)), len(lines)) if others else len(lines)
+    return "\n".join(lines[start:end])
+
+
+def member_suggestions(card: dict, code: str) -> list[str]:
+    """The labels of a card's suggestions for one code: all of them for an unbundled card;
+    in a bundle, those whose proposed resource is tagged with the code."""
+    suggestions = card.get("suggestions", [])
+    if card_code(card) == code:
+        return [s["label"] for s in suggestions]
+    return [s["label"] for s in suggestions
+            if any(tag.get("code") == code for action in s.get("actions", [])
+                   for tag in ((action.get("resource") or {}).get("meta") or {}).get("tag", []))]
 
 
 def check(scenario: Scenario, cards: list[dict]) -> Verdict:
     """Compare the cards a call returned with what the scenario expects."""
-    by_code = {card_code(c): c for c in cards}
+    by_code = {code: c for c in cards for code in card_codes(c)}
     fired = sorted(by_code)
     problems = []
     if set(fired) != scenario.expect:
         problems.append(f"cards {fired} != expected {sorted(scenario.expect)}")
+    if scenario.expect_cards is not None and len(cards) != scenario.expect_cards:
+        problems.append(f"{len(cards)} card(s) {sorted(map(card_code, cards))} != expected {scenario.expect_cards}")
     for code, fragments in scenario.expect_detail.items():
-        detail = by_code.get(code, {}).get("detail", "")
+        detail = member_detail(by_code[code], code) if code in by_code else ""
         problems += [f"{code} detail lacks {f!r}" for f in fragments if f not in detail]
     for code, labels in scenario.expect_suggestions.items():
-        got = [s["label"] for s in by_code.get(code, {}).get("suggestions", [])]
+        got = member_suggestions(by_code[code], code) if code in by_code else []
         if got != labels:
             problems.append(f"{code} suggestions {got} != {labels}")
+    bundles = {card_code(c): card_codes(c) for c in cards}
+    for topic, members in scenario.expect_bundles.items():
+        if topic not in bundles:
+            problems.append(f"no {topic} card (expected it to hold {sorted(members)})")
+        elif sorted(bundles[topic]) != sorted(members):
+            problems.append(f"{topic} card holds {sorted(bundles[topic])} != expected {sorted(members)}")
     return Verdict(fired, sorted(scenario.expect), problems)
 
 

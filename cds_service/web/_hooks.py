@@ -99,7 +99,8 @@ def call_service(service_id: str) -> Response:
     explain = current.settings.explain_enabled and _explain_requested() and may_explain()
     now = current.clock()
     outcome = call(kb, service, body, now, current.fetch, explain)
-    current_record.codes = [card.code for card in outcome.issued]
+    # Per recommendation: a bundled card counts for each member it lists (metrics, the log).
+    current_record.codes = [code for card in outcome.issued for code in card.members or (card.code,)]
     current_record.dropped = outcome.dropped
     current_record.fetches = outcome.fetches
     # Remembered off the request path (background writer) so feedback can be linked.

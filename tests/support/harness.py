@@ -38,10 +38,11 @@ EXAMPLE_SITE = Path(SITE_DIRS[0])
 
 def card_problems(scenario: Scenario, cards: list[dict]) -> list[str]:
     """What is wrong with the cards a scenario got: scenarios.check (the set of codes, the
-    details, the suggestions), and the list of codes compared as a list, so a recommendation
-    answered with two cards is a failure, not one code seen twice."""
+    details, the suggestions, the card count and bundles), and the list of codes compared as
+    a list, so a recommendation answered with two cards (or listed by two bundles) is a
+    failure, not one code seen twice. A bundled card counts as the members it lists."""
     problems = list(scenarios.check(scenario, cards).problems)
-    codes = sorted(scenarios.card_code(c) for c in cards)
+    codes = sorted(code for c in cards for code in scenarios.card_codes(c))
     twice = sorted(code for code, n in Counter(codes).items() if n > 1)
     if twice:
         problems.append(f"cards {codes}: more than one card for {twice} (each expected code once: "

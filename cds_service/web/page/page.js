@@ -140,6 +140,14 @@ function inline(text) {
   return out;
 }
 
+// The card's topic, and for a bundled card the members it lists ("SCR: SCR-1, SCR-3 · ").
+function topicOf(card) {
+  const topic = card.source.topic ? card.source.topic.code : "";
+  const members = (card.extension || {})["myeloma-cds.recommendations"] || [];
+  const listed = members.length && !(members.length === 1 && members[0] === topic) ? `: ${members.join(", ")}` : "";
+  return topic ? `${topic}${listed} · ` : "";
+}
+
 function showCards(cards) {
   const box = $("cards");
   box.replaceChildren();
@@ -147,7 +155,7 @@ function showCards(cards) {
   for (const card of cards) {
     const node = el("article", { class: `card ${card.indicator}` },
       el("h4", {}, card.summary, " ", el("span", { class: "badge" }, card.indicator)),
-      el("div", { class: "source" }, `${card.source.topic ? card.source.topic.code + " · " : ""}${card.source.label}`));
+      el("div", { class: "source" }, `${topicOf(card)}${card.source.label}`));
     if (card.detail) node.append(el("div", { class: "detail" }, ...markdown(card.detail)));
     if (card.suggestions) {
       node.append(el("ul", { class: "suggestions" }, ...card.suggestions.map((s) => el("li", {}, `Suggests: ${s.label}`))));
@@ -168,8 +176,11 @@ function showTrace(trace) {
   const actions = el("table", { id: "trace-actions" },
     el("thead", {}, el("tr", {}, el("th", {}, "card"), el("th", {}, "fired"), el("th", {}, "conditions (value: description)"))));
   const rows = el("tbody");
-  for (const action of trace.actions) {
+  // A bundle's members follow it, each fired or not (the card lists only those that fired).
+  const listed = trace.actions.flatMap((a) => [a, ...(a.members || []).map((m) => ({ ...m, code: `member ${m.code}` }))]);
+  for (const action of listed) {
     const conditions = el("ul");
+    if (action.note) conditions.append(el("li", {}, action.note));
     for (const c of action.conditions) {
       const value = c.error ? "error" : JSON.stringify(c.value);
       const kind = c.error ? "error" : String(c.value);
