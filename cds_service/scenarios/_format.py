@@ -18,6 +18,8 @@ test` and `mm-cds explain` (in-process), the "try it" page, and `mm-cds export-p
         expectSuggestions: {CODE-1: [A suggestion label]}
         expectDetail: {CODE-1: ["a fragment"]}    fragments the card detail must hold
         expectCards: 2                            optional: the number of cards in the answer
+        expectIndicator: {CODE-1: info}           the indicator of the card that holds the code
+        expectSummary: {CODE-1: "a fragment"}     a fragment of that card's summary
         expectBundles: {BUNDLE: [CODE-1, CODE-2]} optional: the members each bundled card lists
 
 A bundled card counts as its members (the codes in its extension, RECOMMENDATIONS_KEY):
@@ -77,6 +79,8 @@ class Scenario:
     expect_suggestions: dict[str, list[str]] = field(default_factory=dict)
     expect_cards: int | None = None
     expect_bundles: dict[str, list[str]] = field(default_factory=dict)
+    expect_indicator: dict[str, str] = field(default_factory=dict)
+    expect_summary: dict[str, str] = field(default_factory=dict)
     modes: tuple[str, ...] = ("prefetch", "fetch")
     service: str | None = None
     file: str = ""
@@ -108,6 +112,8 @@ class Scenario:
             expect_suggestions=raw.get("expectSuggestions") or {},
             expect_cards=raw.get("expectCards"),
             expect_bundles=raw.get("expectBundles") or {},
+            expect_indicator=raw.get("expectIndicator") or {},
+            expect_summary=raw.get("expectSummary") or {},
             modes=tuple(merged.get("modes") or ("prefetch", "fetch")),
             service=merged.get("service"),
             file=file,
@@ -320,6 +326,14 @@ def check(scenario: Scenario, cards: list[dict]) -> Verdict:
         got = member_suggestions(by_code[code], code) if code in by_code else []
         if got != labels:
             problems.append(f"{code} suggestions {got} != {labels}")
+    for code, indicator in scenario.expect_indicator.items():
+        got_indicator = by_code[code].get("indicator") if code in by_code else None
+        if got_indicator != indicator:
+            problems.append(f"{code} indicator {got_indicator} != {indicator}")
+    for code, fragment in scenario.expect_summary.items():
+        summary = by_code[code].get("summary", "") if code in by_code else ""
+        if fragment not in summary:
+            problems.append(f"{code} summary {summary!r} lacks {fragment!r}")
     bundles = {card_code(c): card_codes(c) for c in cards}
     for topic, members in scenario.expect_bundles.items():
         if topic not in bundles:
