@@ -13,6 +13,7 @@ import requests
 from cds_service import create_app, web
 
 from .conftest import NOW
+from .support.cards import card_with, member_codes
 from .support.loopback import serving
 from .support.requests_ import empty_prefetch, order_sign, teclistamab_order
 from .support.sites import oversized_summary_site
@@ -86,11 +87,12 @@ def test_a_call_returns_cards_with_the_2_0_fields(client):
     response = client.post(SIGN, json=body)
     assert response.status_code == 200
     cards = response.get_json()["cards"]
-    codes = {c["source"]["topic"]["code"] for c in cards}
-    assert codes == {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1"}
+    assert member_codes(cards) == {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1"}
+    assert sorted(c["source"]["topic"]["code"] for c in cards) == ["ADM-SU", "INF-SC", "SCR", "SEQ-1"]
+    assert all(c["extension"]["myeloma-cds.recommendations"] for c in cards)
     uuids = [c["uuid"] for c in cards] + [s["uuid"] for c in cards for s in c.get("suggestions", [])]
     assert len(set(uuids)) == len(uuids)
-    seq1 = next(c for c in cards if c["source"]["topic"]["code"] == "SEQ-1")
+    seq1 = card_with(cards, "SEQ-1")
     assert seq1["indicator"] == "warning" and len(seq1["summary"]) < 140
     assert seq1["source"]["url"] == "https://doi.org/10.1016/S2352-3026(25)00117-6"
     assert seq1["source"]["topic"]["system"].endswith("/CodeSystem/mm-tcell-recommendations")
@@ -101,8 +103,9 @@ def test_a_call_returns_cards_with_the_2_0_fields(client):
     assert referral["requester"] == {"reference": "Practitioner/dr-1"}
     assert referral["instantiatesCanonical"][0].endswith("ActivityDefinition/car-t-referral|1.0.0")
     assert seq1["links"][0]["type"] == "absolute"
-    scr3 = next(c for c in cards if c["source"]["topic"]["code"] == "SCR-3")
-    assert scr3["indicator"] == "info"
+    checklist = card_with(cards, "SCR-3")  # SCR-3 is info, SCR-1 warning: the checklist is a warning
+    assert checklist["indicator"] == "warning" and "[SCR-3] IGRA: no result in 12 months" in checklist["detail"]
+    assert [s["label"] for s in checklist["suggestions"]][-1] == "Order serum IgG (SCR-4)"
 
 
 def test_a_plan_definition_id_with_the_hook_field_selects_the_service(client):
@@ -113,7 +116,7 @@ def test_a_plan_definition_id_with_the_hook_field_selects_the_service(client):
     def summaries(r):
         return sorted((c["source"]["topic"]["code"], c["summary"]) for c in r.get_json()["cards"])
     assert summaries(by_plan) == summaries(by_service)  # the order-sign service's answer
-    assert {"SEQ-1", "SCR-1", "ADM-1"} <= {code for code, _ in summaries(by_plan)}
+    assert {"SEQ-1", "SCR", "ADM-SU"} <= {code for code, _ in summaries(by_plan)}
 
 
 def test_unknown_service_is_404_with_a_json_body(client):
@@ -246,19 +249,20 @@ def test_explain_trace_shows_variables_conditions_data_and_unknown_codes(client)
     assert trace["dataRequirements"]["recentBsabAdministrations"]["note"] == "narrowed from the data of bsabAdministrations"
     assert "has no codes yet" in trace["dataRequirements"]["immuneGlobulinAdministrations"]["note"]
     inf4 = next(a for a in trace["actions"] if a["code"] == "INF-4")
-    assert inf4["fired"] is False
+    assert inf4["fired"] is True  # D-4: an IgG in mmol/L cannot be read, so an info card says so
     assert {c["expression"]: c.get("value") for c in inf4["conditions"]}["%latestIgg.exists()"] is True
+    assert card_with(response.get_json()["cards"], "INF-4")["indicator"] == "info"
     assert any("mmol/L" in note and "mg/dL" in note for note in trace["notes"])
     assert {"system": "http://example.org/local", "code": "LOCAL-77", "resourceType": "MedicationRequest",
             "element": "medication", "in": ["draftOrders"]} in trace["unmatchedCodes"]
 
 
 def test_a_card_the_response_schema_refuses_is_dropped_and_logged(tmp_path, kb, caplog):
-    site = oversized_summary_site(tmp_path / "site", kb, "SCR-3")
+    site = oversized_summary_site(tmp_path / "site", kb, "SEQ-1")
     app = create_app({"site_dirs": (str(site),)}, clock=lambda: NOW)
     client = app.test_client()
     response = client.post(SIGN, json=order_sign(prefetch=full_prefetch(client)))
-    codes = {c["source"]["topic"]["code"] for c in response.get_json()["cards"]}
-    assert "SCR-3" not in codes and {"SEQ-1", "SCR-1"} <= codes  # SCR-3 built a 150-character summary
+    codes = member_codes(response.get_json()["cards"])
+    assert "SEQ-1" not in codes and {"SCR-1", "SCR-3"} <= codes  # SEQ-1 built a 150-character summary
     dropped = [r for r in caplog.records if getattr(r, "event", None) == "card_dropped"]
-    assert dropped and dropped[0].code == "SCR-3"
+    assert dropped and dropped[0].code == "SEQ-1"

@@ -12,6 +12,7 @@ from cds_service import config, create_app, web
 from cds_service.errors import ConfigurationError
 
 from .conftest import NOW
+from .support.cards import member_codes
 from .support.fhir_server import FhirServer
 from .support.requests_ import empty_prefetch, order_sign
 from .support.scrape import sample
@@ -51,8 +52,8 @@ def test_ready_is_503_when_there_is_nothing_to_serve(tmp_path):
 
 @pytest.fixture()
 def metered(tmp_path, kb):
-    """An app whose SCR-3 card is always dropped (oversized summary), with a small body limit."""
-    site = oversized_summary_site(tmp_path / "site", kb, "SCR-3")
+    """An app whose SEQ-1 card is always dropped (oversized summary), with a small body limit."""
+    site = oversized_summary_site(tmp_path / "site", kb, "SEQ-1")
     app = create_app({"site_dirs": (str(site),), "max_request_bytes": 20000, "fetch_timeout": 2.0},
                      clock=lambda: NOW)
     return app.test_client()
@@ -70,8 +71,8 @@ def test_metrics_count_requests_latency_cards_fetches_and_errors(metered):
     prefetch = empty_prefetch(services["mm-tcell-order-sign"], {"resourceType": "Patient", "id": "p1"})
     issued = metered.post(SIGN, json=order_sign(prefetch=prefetch))
     assert issued.status_code == 200
-    issued_codes = [c["source"]["topic"]["code"] for c in issued.get_json()["cards"]]
-    assert issued_codes and "SCR-3" not in issued_codes  # SCR-3 fired and was dropped
+    issued_codes = member_codes(issued.get_json()["cards"])
+    assert issued_codes and "SEQ-1" not in issued_codes  # SEQ-1 fired and was dropped
     assert metered.post(SIGN, json=order_sign(hook="nope")).status_code == 400
     assert metered.post("/cds-services/unknown", json=order_sign()).status_code == 404
     assert metered.post(SIGN, json=order_sign()).status_code == 412  # no prefetch, no fhirServer
@@ -98,7 +99,7 @@ def test_metrics_count_requests_latency_cards_fetches_and_errors(metered):
     assert delta("mm_cds_errors_total", kind="card_dropped") == 1
     for code in issued_codes:
         assert delta("mm_cds_cards_total", service="mm-tcell-order-sign", code=code) == 1
-    assert delta("mm_cds_cards_total", code="SCR-3") == 0
+    assert delta("mm_cds_cards_total", code="SEQ-1") == 0
     assert fetched > failed > 0
     assert delta("mm_cds_fhir_fetches_total", outcome="http_status") == failed  # the Procedure queries
     assert delta("mm_cds_fhir_fetches_total", outcome="ok") == fetched - failed

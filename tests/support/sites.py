@@ -10,7 +10,7 @@ from cds_service.knowledge import KnowledgeBase
 PLAN = "https://myeloma-cds.example.org/fhir/PlanDefinition/mm-tcell"
 
 
-def oversized_summary_site(directory: Path, kb: KnowledgeBase, code: str = "SCR-3") -> Path:
+def oversized_summary_site(directory: Path, kb: KnowledgeBase, code: str = "SEQ-1") -> Path:
     """A site whose copy of the shipped PlanDefinition gives the `code` card a 150-character
     summary: a card the 2.0 response schema refuses (the service must drop it)."""
     directory.mkdir()
