@@ -182,7 +182,10 @@ def test_a_priority_that_is_not_a_priority_is_traced_and_ignored(tmp_path):
 def test_shipped_cards_list_their_code_in_the_extension(client, kb):
     prefetch = empty_prefetch(kb.services["mm-tcell-order-sign"].discovery(), {"resourceType": "Patient", "id": "p1"})
     cards = client.post("/cds-services/mm-tcell-order-sign", json=order_sign(prefetch=prefetch)).get_json()["cards"]
-    assert cards and all(c["extension"] == {KEY: [c["source"]["topic"]["code"]]} for c in cards)
+    plain = [c for c in cards if c["source"]["topic"]["code"] == "SEQ-1"]
+    assert plain and all(c["extension"] == {KEY: ["SEQ-1"]} for c in plain)  # an unbundled card lists its one code
+    bundled = {c["source"]["topic"]["code"]: c["extension"][KEY] for c in cards if c not in plain}
+    assert bundled == {"SCR": ["SCR-1", "SCR-2", "SCR-3", "SCR-4"], "INF-SC": ["INF-1", "INF-2"], "ADM-SU": ["ADM-1"]}
 
 
 # -- the trace --------------------------------------------------------------------------------

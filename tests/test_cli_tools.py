@@ -121,6 +121,9 @@ def test_catalogue_html_is_a_complete_page_listing_every_code(capsys, kb):
     assert code == 0
     assert out.startswith("<!doctype html>") and out.rstrip().endswith("</html>")
     assert "<title>mm-cds recommendation catalogue</title>" in out
-    rows = re.findall(r"<tr><td>([A-Z]+-\d+)</td>", out)
+    rows = re.findall(r"<tr><td>([A-Z]+-\d+)(?: \(in ([A-Z-]+)\))?</td>", out)
     codes = {c["code"] for c in kb.artifacts["https://myeloma-cds.example.org/fhir/CodeSystem/mm-tcell-recommendations"].resource["concept"]}
-    assert set(rows) == codes and len(codes) == 24
+    bundles = set(re.findall(r"<tr><td>([A-Z-]+) \(bundle\)</td>", out))
+    assert bundles == {"SCR", "INF-SC", "ADM-SU"}
+    assert {code for code, _ in rows} | bundles == codes and len(codes - bundles) == 24
+    assert ("SCR-3", "SCR") in rows and ("INF-1", "INF-SC") in rows  # a member names its bundle

@@ -47,12 +47,14 @@ def make_app(kb):
 
 
 def issue(client, kb) -> tuple[dict, dict[str, dict]]:
-    """One order-sign call; the request and its cards by recommendation code."""
+    """One order-sign call; the request and its cards by recommendation code (a bundled card
+    under each of its members' codes)."""
     prefetch = empty_prefetch(kb.services["mm-tcell-order-sign"].discovery(), {"resourceType": "Patient", "id": "p1"})
     body = order_sign(prefetch=prefetch)
     response = client.post(SIGN, json=body)
     assert response.status_code == 200
-    return body, {c["source"]["topic"]["code"]: c for c in response.get_json()["cards"]}
+    cards = response.get_json()["cards"]
+    return body, {code: c for c in cards for code in c["extension"]["myeloma-cds.recommendations"]}
 
 
 def accepted(card: dict, when: str = WHEN) -> dict:
@@ -91,7 +93,7 @@ def test_accepted_and_overridden_feedback_is_stored_with_its_links(backend, make
     plan = kb.plans["https://myeloma-cds.example.org/fhir/PlanDefinition/mm-tcell"]
     rows = stored(app)
     assert [r["outcome"] for r in rows] == ["accepted", "overridden"]
-    for row, card, code in zip(rows, (seq1, scr1), ("SEQ-1", "SCR-1"), strict=False):
+    for row, card, code in zip(rows, (seq1, scr1), ("SEQ-1", "SCR"), strict=False):  # SCR-1 is in the SCR checklist
         assert row["card_uuid"] == card["uuid"] and row["linked"] == 1
         assert row["code"] == code
         assert (row["plan_url"], row["plan_version"]) == (plan.url, plan.version)
@@ -132,7 +134,7 @@ def test_feedback_right_after_the_call_links_though_the_card_record_was_queued(b
     _, cards = issue(client, kb)
     assert post(client, overridden(cards["SCR-3"]["uuid"], reason=None)).status_code == 200
     [row] = stored(app)
-    assert row["linked"] == 1 and row["code"] == "SCR-3" and row["override_code"] is None
+    assert row["linked"] == 1 and row["code"] == "SCR" and row["override_code"] is None  # the checklist holding SCR-3
 
 
 def test_feedback_for_an_unknown_card_is_stored_unlinked(backend, make_app):
@@ -159,9 +161,12 @@ def test_the_report_counts_cards_per_recommendation(backend, make_app, kb, capsy
     assert list(report)[-1] == "(unlinked)" and list(report)[:-1] == sorted(list(report)[:-1])
     assert {"SCR-1", "SCR-3", "SEQ-1"} <= set(report)
     counts = {c: (r["shown"], r["accepted"], r["overridden"]) for c, r in report.items()}
-    assert {c: counts[c] for c in ("SEQ-1", "SCR-1", "SCR-3", "(unlinked)")} == {
-        "SEQ-1": (2, 1, 1), "SCR-1": (2, 0, 2), "SCR-3": (2, 0, 0), "(unlinked)": (0, 0, 1)}
-    assert all(counts[c] == (2, 0, 0) for c in report if c not in ("SEQ-1", "SCR-1", "(unlinked)"))
+    # overriding the SCR checklist overrides every member it listed (RECOMMENDATIONS-v2 B-0.8)
+    checklist = ("SCR-1", "SCR-2", "SCR-3", "SCR-4")
+    assert {c: counts[c] for c in ("SEQ-1", *checklist, "(unlinked)")} == {
+        "SEQ-1": (2, 1, 1), **{c: (2, 0, 2) for c in checklist}, "(unlinked)": (0, 0, 1)}
+    assert all(counts[c] == (2, 0, 0) for c in report if c not in ("SEQ-1", *checklist, "(unlinked)"))
+    assert report["SCR-3"]["reasons"] == report["SCR-1"]["reasons"]
     assert report["SCR-1"]["reasons"] == [
         {"system": REASON["system"], "code": "already-done", "display": "Already done elsewhere", "count": 1},
         {"system": REASON["system"], "code": "not-eligible", "display": "Not eligible for CAR-T", "count": 1}]
