@@ -115,14 +115,15 @@ def test_a_bind_other_than_the_settings_is_refused(tmp_path):
 
 
 def test_gunicorn_refuses_to_start_while_the_go_live_gate_is_open(tmp_path):
-    """The shipped knowledge has no talquetamab or linvoseltamab code: without the documented
-    acceptance the master stops before any worker, naming each value set and why."""
+    """The shipped knowledge has no linvoseltamab code and only unverified talquetamab codes:
+    without the documented acceptance the master stops before any worker, naming each value
+    set and why."""
     server = Gunicorn(tmp_path, accept_unverified_treatment_codes="")
     assert server.wait_exit() != 0
     failure = [e for e in server.log_entries() if e.get("event") == "startup_failed"]
     assert len(failure) == 1 and failure[0]["level"] == "critical"
     assert "go-live gate not met" in failure[0]["msg"]
-    assert "talquetamab (Talquetamab): no code" in failure[0]["msg"]
+    assert "talquetamab (Talquetamab): only unverified codes" in failure[0]["msg"]
     assert "linvoseltamab (Linvoseltamab): no code" in failure[0]["msg"]
     assert not any("Booting worker" in e.get("msg", "") for e in server.log_entries())
 
