@@ -25,6 +25,10 @@ COPY deploy ./deploy
 # the container can run read-only (docker run --read-only).
 RUN mkdir -p /app/data && chown 10001:10001 /app/data
 ENV MM_CDS_PORT=8080 MM_CDS_DATA_DIR=/app/data
+# No MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES here, on purpose: the image refuses to start
+# while a treatment value set has no verified code (the go-live gate, docs/terminology.md),
+# until the site maps its codes (MM_CDS_SITE_DIRS) or records its decision in its settings
+# (deploy/compose.toml shows the demo's).
 VOLUME ["/app/data"]
 USER 10001
 EXPOSE 8080

@@ -161,7 +161,8 @@ jku_prefixes = ["{key_prefix}"]
 {jku_extra}
 """)
     env = {**os.environ, "MM_CDS_CONFIG": str(run_dir / "settings.toml"), "PYTHONPATH": str(ROOT),
-           "MM_CDS_LOG_LEVEL": "ERROR"}
+           "MM_CDS_LOG_LEVEL": "ERROR",
+           "MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES": "all"}  # the go-live gate, accepted explicitly
     process = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--prod", "--host", "127.0.0.1",
                                 "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=open(run_dir / "server.log", "wb"))

@@ -112,3 +112,30 @@ def test_a_bind_other_than_the_settings_is_refused(tmp_path):
     refusal = [e for e in server.log_entries() if e.get("event") == "startup_failed"]
     assert len(refusal) == 1 and f"refusing to bind {elsewhere}" in refusal[0]["msg"]
     assert not any("Listening at" in e.get("msg", "") for e in server.log_entries())
+
+
+def test_gunicorn_refuses_to_start_while_the_go_live_gate_is_open(tmp_path):
+    """The shipped knowledge has no linvoseltamab code and only unverified talquetamab codes:
+    without the documented acceptance the master stops before any worker, naming each value
+    set and why."""
+    server = Gunicorn(tmp_path, accept_unverified_treatment_codes="")
+    assert server.wait_exit() != 0
+    failure = [e for e in server.log_entries() if e.get("event") == "startup_failed"]
+    assert len(failure) == 1 and failure[0]["level"] == "critical"
+    assert "go-live gate not met" in failure[0]["msg"]
+    assert "talquetamab (Talquetamab): only unverified codes" in failure[0]["msg"]
+    assert "linvoseltamab (Linvoseltamab): no code" in failure[0]["msg"]
+    assert not any("Booting worker" in e.get("msg", "") for e in server.log_entries())
+
+
+def test_gunicorn_accepting_the_open_value_sets_logs_critical_and_is_ready(tmp_path):
+    server = Gunicorn(tmp_path, accept_unverified_treatment_codes="talquetamab,linvoseltamab")
+    try:
+        server.wait_ready()
+        accepted = [e for e in server.log_entries() if e.get("event") == "go_live_accepted"]
+        assert accepted and accepted[0]["level"] == "critical"
+        assert set(accepted[0]["valueSets"]) == {"talquetamab", "linvoseltamab"}
+        ready = requests.get(server.base + "/ready", timeout=10)
+        assert ready.status_code == 200 and len(ready.json()["goLive"]["accepted"]) == 2
+    finally:
+        server.stop()

@@ -52,7 +52,7 @@ def expanded(monkeypatch, capsys, tmp_path) -> Path:
         status, out, err = expand(monkeypatch, capsys, "--rxnav", f"{base}/REST", "--out", str(tmp_path / "site"))
     assert status == 0, err
     assert "valacyclovir: 2 code(s) added from 1 seed(s)" in out
-    assert "talquetamab: no RxNorm code to expand from" in out
+    assert "linvoseltamab: no RxNorm code to expand from" in out
     assert any(r.startswith("/REST/rxcui/73645/related.json?tty=IN+PIN+MIN+SCD+SBD+SCDC+GPCK+BPCK") for r in fake.requests)
     assert {p.name: p.read_bytes() for p in (ROOT / "valuesets").glob("*.json")} == shipped  # never edited
     return tmp_path / "site"

@@ -50,7 +50,7 @@ def ready() -> tuple[Response, int]:
         return jsonify({"status": "unavailable", "reason": "no CDS service is loaded: the knowledge "
                         "directories hold no PlanDefinition", "knowledge": knowledge}), 503
     try:
-        gate = gate_status(kb, current.settings.accept_unverified_treatment_codes)
+        gate = _gate(kb, current.settings.accept_unverified_treatment_codes)
     except ConfigurationError as exc:  # a reload removed a value set the setting names
         return jsonify({"status": "unavailable", "reason": str(exc), "knowledge": knowledge}), 503
     go_live = {"met": gate.met, "open": [i.as_json() for i in gate.open],
@@ -60,6 +60,18 @@ def ready() -> tuple[Response, int]:
                         "code or only unverified codes (see goLive.open; docs/terminology.md)",
                         "goLive": go_live, "knowledge": knowledge}), 503
     return jsonify({"status": "ready", "goLive": go_live, "knowledge": knowledge}), 200
+
+
+_last: tuple[tuple[str, tuple[str, ...]], GateStatus] | None = None
+
+
+def _gate(kb: KnowledgeBase, accept: tuple[str, ...]) -> GateStatus:
+    """The gate of this knowledge, computed once per fingerprint: probes call /ready every second."""
+    global _last
+    key = (kb.fingerprint, tuple(accept))
+    if _last is None or _last[0] != key:
+        _last = (key, gate_status(kb, accept))
+    return _last[1]
 
 
 def check_go_live(settings: config.Settings, kb: KnowledgeBase, production: bool) -> GateStatus:

@@ -35,6 +35,10 @@ class Gunicorn:
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_CDS_", "PROMETHEUS_"))}
         env["MM_CDS_DATA_DIR"] = str(workdir / "data")
+        # The shipped knowledge does not meet the go-live gate (no talquetamab or linvoseltamab
+        # code): the production server would refuse to start. These tests accept that with the
+        # documented setting, explicitly; a test of the refusal passes accept_unverified_treatment_codes="".
+        env["MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES"] = "all"
         env.update({f"MM_CDS_{k.upper()}": v for k, v in settings.items()})
         env.update(MM_CDS_HOST="127.0.0.1", MM_CDS_PORT=str(self.port), TMPDIR=str(workdir), PYTHONUNBUFFERED="1")
         self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"

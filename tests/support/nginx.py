@@ -66,6 +66,7 @@ class Proxy:
         self.internal = f"http://127.0.0.1:{self.internal_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_CDS_", "PROMETHEUS_", "GUNICORN_"))}
         env["MM_CDS_DATA_DIR"] = str(workdir / "data")
+        env["MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES"] = "all"  # the go-live gate, as in gunicorn.py
         env.update({f"MM_CDS_{k.upper()}": v for k, v in settings.items()})
         env.update(TMPDIR=str(workdir), PYTHONUNBUFFERED="1")
         self.run_dir = workdir / "run"
