@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response
 from cds_service import create_app, web
 
 from .conftest import NOW
+from .support.cards import member_codes
 from .support.fhir_server import FhirServer, bundle, operation_outcome, refused_base
 from .support.requests_ import order_sign
 
@@ -56,7 +57,8 @@ def with_server(body: dict, fhir: FhirServer, token: str | None = "test-token") 
 
 
 def codes(response) -> set[str]:
-    return {c["source"]["topic"]["code"] for c in response.get_json()["cards"]}
+    """The recommendation codes of the answer (a bundled card counts as its members)."""
+    return member_codes(response.get_json()["cards"])
 
 
 def trace(response) -> dict:

@@ -99,16 +99,19 @@ def apply_http(live, plan_id: str, scenario: scenarios.Scenario, **kwargs) -> re
 
 
 def recommendations_of_cards(cards: list[dict]) -> dict[str, list[tuple]]:
-    return {c["source"]["topic"]["code"]: sorted((s["label"], _code(s["actions"][0]["resource"]))
-                                                 for s in c.get("suggestions", [])) for c in cards}
+    """Per recommendation code (a bundle's members each), the suggestions of its card."""
+    return {code: sorted((s["label"], _code(s["actions"][0]["resource"])) for s in c.get("suggestions", []))
+            for c in cards for code in c["extension"]["myeloma-cds.recommendations"]}
 
 
 def recommendations_of_care_plan(care_plan: dict) -> dict[str, list[tuple]]:
     contained = {f"#{r['id']}": r for r in care_plan["contained"]}
     group = contained[care_plan["activity"][0]["reference"]["reference"]]
     assert group["resourceType"] == "RequestGroup"
-    return {a["code"][0]["coding"][0]["code"]: sorted((n["title"], _code(contained[n["resource"]["reference"]]))
-                                                      for n in a.get("action", [])) for a in group.get("action", [])}
+    def codes(action: dict) -> list[str]:  # a bundle: its topic first, then the members it reports
+        return [c["coding"][0]["code"] for c in action["code"][1:]] or [action["code"][0]["coding"][0]["code"]]
+    return {code: sorted((n["title"], _code(contained[n["resource"]["reference"]])) for n in a.get("action", []))
+            for a in group.get("action", []) for code in codes(a)}
 
 
 def _code(resource: dict) -> str:
@@ -141,10 +144,11 @@ def test_apply_action_carries_priority_documentation_and_selection_behavior(live
     scenario = scenarios.find(FOLDER / "inf-1.yaml", "INF-1 fires for a bispecific order")
     care_plan = apply_http(live, "mm-tcell", scenario, with_hook=False).json()  # default hook: order-sign
     group = care_plan["contained"][0]
-    action = next(a for a in group["action"] if a["code"][0]["coding"][0]["code"] == "INF-1")
-    assert action["priority"] == "urgent" and action["selectionBehavior"] == "at-most-one"
+    action = next(a for a in group["action"] if a["code"][0]["coding"][0]["code"] == "INF-SC")
+    assert [c["coding"][0]["code"] for c in action["code"]] == ["INF-SC", "INF-1"]  # the bundle, then its member
+    assert action["priority"] == "urgent" and action["selectionBehavior"] == "any"
     assert action["documentation"][0]["url"].startswith("https://doi.org/")
-    assert [n["title"] for n in action["action"]] == ["Valacyclovir 500 mg twice daily", "Acyclovir 400 mg twice daily"]
+    assert [n["title"] for n in action["action"]] == ["Valacyclovir 500 mg twice daily (INF-1)"]
     assert care_plan["subject"] == {"reference": "Patient/p1"} and care_plan["intent"] == "proposal"
 
 
@@ -206,7 +210,7 @@ def test_apply_maps_a_card_it_cannot_trace_to_an_authored_action_from_the_card_a
     group = plan_out["contained"][0]
     [action] = group["action"]
     assert action["title"] == "A site's own card" and action["description"] == "Why, in **Markdown**."
-    assert "priority" not in action and "documentation" not in action
+    assert action["priority"] == "routine" and "documentation" not in action  # priority from the indicator
     assert action["code"] == [{"coding": [{"system": "urn:site", "code": "SITE-9"}]}]
     assert action["action"][0]["resource"] == {"reference": "#proposal-1"}
     assert plan_out["contained"][1] == {"resourceType": "ServiceRequest", "id": "proposal-1"}

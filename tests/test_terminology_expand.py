@@ -101,7 +101,8 @@ def fired(kb: knowledge.KnowledgeBase, document: dict, tmp_path: Path) -> list[s
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(document))
     (scenario,) = scenarios.load_file(path, scenarios.load_library())
-    return sorted(scenarios.card_code(card) for _, answer in Local.open(kb).run(scenario) for card in answer["cards"])
+    return sorted(code for _, answer in Local.open(kb).run(scenario) for card in answer["cards"]
+                  for code in scenarios.card_codes(card))
 
 
 def test_a_product_coded_antiviral_is_seen_once_the_site_has_the_expansion(expanded, kb, tmp_path):

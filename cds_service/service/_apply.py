@@ -30,7 +30,7 @@ from typing import Any
 
 from cds_service.data import FetchSettings, bundle_resources
 from cds_service.errors import InvalidRequest
-from cds_service.knowledge import KnowledgeBase, Plan, Service
+from cds_service.knowledge import INDICATOR, RECOMMENDATIONS_KEY, KnowledgeBase, Plan, Service
 from cds_service.service import _call as hooks
 from cds_service.service._inprocess import prefetch_from_data
 
@@ -162,13 +162,21 @@ def _artifact_action(kb: KnowledgeBase, plan: Plan, hook: str, card: dict) -> di
     return kb.artifacts[plan.url].resource["action"][int(match.group(1))]
 
 
+_PRIORITY = {indicator: priority for priority, indicator in reversed(INDICATOR.items())}  # info -> routine, ...
+
+
 def _action(card: dict, authored: dict, proposed: list[dict]) -> dict[str, Any]:
     action: dict[str, Any] = {"id": card["uuid"], "title": card["summary"]}
     if card.get("detail"):
         action["description"] = card["detail"]
-    if authored.get("priority"):
-        action["priority"] = authored["priority"]
-    action["code"] = [{"coding": [card["source"]["topic"]]}]
+    # the card's own indicator: a bundle's comes from its fired members, a dynamic one from the data
+    priority = _PRIORITY.get(card.get("indicator", "")) or authored.get("priority")
+    if priority:
+        action["priority"] = priority
+    topic = card["source"]["topic"]
+    members = [m for m in (card.get("extension") or {}).get(RECOMMENDATIONS_KEY, []) if m != topic.get("code")]
+    # the topic first, then a bundled card's members (the recommendations it reports)
+    action["code"] = [{"coding": [topic]}] + [{"coding": [{"system": topic.get("system"), "code": m}]} for m in members]
     if authored.get("documentation"):
         action["documentation"] = authored["documentation"]
     if card.get("selectionBehavior"):
