@@ -21,6 +21,7 @@ Public API:
     unarmed(plans), unarmed_text(rows), Unarmed   rules not armed (D-11), settled at load
 """
 
+from cds_service.knowledge._arming import Unarmed, unarmed, unarmed_text
 from cds_service.knowledge._catalogue import (
     catalogue_html,
     catalogue_markdown,
@@ -33,7 +34,6 @@ from cds_service.knowledge._catalogue import (
     terminology_markdown,
     terminology_status,
 )
-from cds_service.knowledge._arming import Unarmed, unarmed, unarmed_text
 from cds_service.knowledge._golive import EXT_GO_LIVE, GateItem, GateStatus, gate_status, gate_text
 from cds_service.knowledge._load import KINDS, KnowledgeBase, load, settle
 from cds_service.knowledge._model import (

@@ -17,6 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service import fhirpath
 from cds_service.errors import Problem
+from cds_service.knowledge import _arming as arming
 from cds_service.knowledge._model import (
     HOOKS,
     INDICATOR,
@@ -33,7 +34,6 @@ from cds_service.knowledge._model import (
     SuggestionAction,
     Variable,
 )
-from cds_service.knowledge import _arming as arming
 from cds_service.knowledge._paths import path_problem
 from cds_service.knowledge._search_params import (
     DEFAULT_DATE_PATHS,
@@ -276,7 +276,6 @@ class Compiler:
             self._problem(f"{element}.selectionBehavior", f"must be one of {', '.join(SELECTION)} when its members "
                           f"have suggestions (was {selection or 'not given'})")
         citations = self._citations(action, element)
-        armed_by = self._armed_by(action, element)
         self._pending_arming[element] = self._not_armed_for(action, element)
         if len(self.problems) > before:
             return None
