@@ -162,6 +162,7 @@ def _apply(card: dict, path: tuple, replacement) -> dict:
     return out
 
 
+@pytest.mark.slow  # about 2 s: thousands of mutations through the reference validator
 def test_the_compiled_validator_agrees_with_the_reference_on_mutated_cards(busy):
     shapes: dict[tuple, dict] = {}  # one card per set of elements (suggestions, links, overrideReasons...)
     for card in _cards(busy):

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from cds_service.errors import FetchError
 
@@ -38,6 +39,7 @@ def reference_of(resource: dict, element: str) -> str | None:
     return ref if isinstance(ref, str) and ref else None
 
 
+@lru_cache(maxsize=4096)  # the same few references on thousands of records
 def local_key(ref: str) -> str | None:
     """"Type/id" of a relative or absolute reference (history dropped); None for others."""
     if ref.startswith(("#", "urn:")):
@@ -95,6 +97,9 @@ class Medications:
     def __init__(self, pool: Iterable[dict]):
         self.by_key: dict[str, dict] = {}
         self.from_server: set[str] = set()
+        # id(Medication) -> its concept: one Medication/<id> is referenced by hundreds of
+        # records; they share one concept (read only, like the records themselves)
+        self._concepts: dict[int, dict | None] = {}
         self.add(pool)
 
     def add(self, resources: Iterable[dict], from_server: bool = False) -> None:
@@ -177,7 +182,9 @@ class Medications:
         medication = self._find(record, ref)
         if medication is None:
             return None, ref
-        concept = medication_concept(medication)
+        if id(medication) not in self._concepts:
+            self._concepts[id(medication)] = medication_concept(medication)
+        concept = self._concepts[id(medication)]
         if concept is None:
             return None, ref  # a Medication with no code: the drug cannot be told
         if ref.startswith("#"):
