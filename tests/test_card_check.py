@@ -1,4 +1,4 @@
-"""The egress check of cards (service/_validation.py) is cheap and still refuses (issue 12).
+"""The schema checks of a call (service/_validation.py) are cheap and still refuse (issue 12).
 
 Counted, not timed: workload (a) of bench/workloads.py (a first teclistamab order for an
 unscreened patient, 14 cards) run in process after warm-up builds no validator and never
@@ -52,8 +52,9 @@ def test_workload_a_card_check_walks_no_schema_after_warm_up(busy):
     outcomes = run(busy, 5)
     after = validation.check_counts()
     assert after.get("reference_card_checks", 0) == before.get("reference_card_checks", 0)  # no card walked in Python
-    assert after.get("compiled_built") == before.get("compiled_built") == 1  # compiled once, never again
+    assert after.get("compiled_built") == before.get("compiled_built") >= 1  # compiled at load, never again
     assert after.get("reference_built") == before.get("reference_built")
+    assert after.get("reference_body_checks", 0) == before.get("reference_body_checks", 0)  # request, context
     for outcome in outcomes:  # and what was sent conforms, by the reference validator
         assert len(outcome.response["cards"]) == 14 and outcome.dropped == 0
         assert validation.response_errors(outcome.response) == []
