@@ -194,24 +194,32 @@ class Medications:
 
 
 class MedicationReads:
-    """Read the wanted references from fhirServer, concurrently, before `deadline`."""
+    """Read the wanted references from fhirServer, concurrently, before `deadline`.
+
+    `run(wanted)` reads and waits; `start(refs)` only submits (from any thread), and
+    `collect()` waits for everything started: reads begin as soon as a key's search
+    answers, while the other keys are still being fetched."""
 
     def __init__(self, read: Callable[[str], list[dict]], executor: Executor, deadline: float):
         self.read, self.executor, self.deadline = read, executor, deadline
         self.outcomes: list[tuple[str, float]] = []  # (outcome kind, seconds) per read
+        self._futures: list = []
 
-    def run(self, wanted: set[str]) -> list[dict]:
-        def one(ref: str) -> list[dict]:
-            started = time.monotonic()
-            try:
-                found = self.read(ref)
-                self.outcomes.append(("ok", time.monotonic() - started))
-                return found
-            except FetchError as exc:
-                self.outcomes.append((exc.kind, time.monotonic() - started))
-                return []
+    def _one(self, ref: str) -> list[dict]:
+        started = time.monotonic()
+        try:
+            found = self.read(ref)
+            self.outcomes.append(("ok", time.monotonic() - started))
+            return found
+        except FetchError as exc:
+            self.outcomes.append((exc.kind, time.monotonic() - started))
+            return []
 
-        futures = [self.executor.submit(one, ref) for ref in sorted(wanted)]
+    def start(self, refs: Iterable[str]) -> None:
+        self._futures.extend(self.executor.submit(self._one, ref) for ref in sorted(refs))
+
+    def collect(self) -> list[dict]:
+        futures, self._futures = self._futures, []
         found: list[dict] = []
         for future in futures:
             try:
@@ -220,3 +228,7 @@ class MedicationReads:
                 future.cancel()
                 self.outcomes.append(("timeout", 0.0))
         return found
+
+    def run(self, wanted: set[str]) -> list[dict]:
+        self.start(wanted)
+        return self.collect()
