@@ -40,6 +40,7 @@ class Retriever:
         self._indexes: dict[tuple, dict[tuple, list[int]]] = {}
         self._matches: dict[tuple, list[dict]] = {}
         self._dates: dict[tuple, dt.date | None] = {}
+        self._windows: dict[int, tuple[dt.date | None, dt.date | None]] = {}
 
     def run(self, requirement: DataRequirement, resources: list[dict]) -> Retrieved:
         typed, other = self._of_type(resources, requirement.type)
@@ -51,9 +52,10 @@ class Retriever:
             rest = [cf for cf in requirement.code_filters if cf is not first]
         else:
             base, rest = typed, []
+        # the windows first: they leave few records (a week of ANC out of years) for the codes
         kept = [
             r for r in base
-            if all(_record_has_code(r, cf) for cf in rest) and all(self._date_match(r, df) for df in requirement.date_filters)
+            if all(self._date_match(r, df) for df in requirement.date_filters) and all(_record_has_code(r, cf) for cf in rest)
         ]
         if requirement.sort_paths and len(kept) > 1:
             paths = requirement.sort_paths
@@ -101,17 +103,23 @@ class Retriever:
             self._dates[key] = first_date(resource, paths)
         return self._dates[key]
 
+    def _window(self, df: DateFilter) -> tuple[dt.date | None, dt.date | None]:
+        """(earliest, latest) day a filter keeps, worked out once per request."""
+        window = self._windows.get(id(df))
+        if window is None:
+            lows = [self.today - dt.timedelta(days=df.days)] if df.days is not None else []
+            if df.start:
+                lows.append(dt.date.fromisoformat(df.start[:10]))
+            window = self._windows[id(df)] = (max(lows) if lows else None,
+                                              dt.date.fromisoformat(df.end[:10]) if df.end else None)
+        return window
+
     def _date_match(self, resource: dict, df: DateFilter) -> bool:
         when = self._date(resource, df.paths)
         if when is None:
             return False
-        if df.days is not None and when < self.today - dt.timedelta(days=df.days):
-            return False
-        if df.start and when < dt.date.fromisoformat(df.start[:10]):
-            return False
-        if df.end and when > dt.date.fromisoformat(df.end[:10]):
-            return False
-        return True
+        earliest, latest = self._window(df)
+        return (earliest is None or when >= earliest) and (latest is None or when <= latest)
 
 
 def retrieve(requirement: DataRequirement, resources: list[dict], today: dt.date, patient_id: str) -> Retrieved:
