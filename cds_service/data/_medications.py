@@ -216,7 +216,8 @@ class MedicationReads:
             return []
 
     def start(self, refs: Iterable[str]) -> None:
-        self._futures.extend(self.executor.submit(self._one, ref) for ref in sorted(refs))
+        futures = [self.executor.submit(self._one, ref) for ref in sorted(refs)]
+        self._futures.extend(futures)  # one list extended at once: safe from several fetch threads
 
     def collect(self) -> list[dict]:
         futures, self._futures = self._futures, []
