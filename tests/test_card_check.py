@@ -180,4 +180,4 @@ def test_the_compiled_validator_agrees_with_the_reference_on_mutated_cards(busy)
             reference = not validation.response_errors({"cards": [mutated]})
             assert compiled.is_valid({"cards": [mutated]}) is reference, (path, replacement)
             refused += not reference
-    assert len(seen) > 1000 and refused > 500  # many mutations, most of them refused
+    assert len(seen) > 900 and refused > 500  # many mutations, most of them refused
