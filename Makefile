@@ -6,12 +6,14 @@
 # make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
 # make serve-proxy production: nginx on MM_CDS_PORT (8080) in front of gunicorn on loopback
 #                  MM_CDS_INTERNAL_PORT (8081); deploy/nginx/run.py, docs/proxy.md
+# make bench   the representative workloads first (make bench-workloads), then the synthetic tables
+# make bench-workloads  issue 12's workloads (a)-(c): in process, HTTP, fetch path, memory (bench/README.md)
 # make lock    regenerate requirements.lock (exact pins) from pyproject.toml's ranges (docs/packaging.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve serve-prod serve-proxy test check lint validate bench lock clean
+.PHONY: serve serve-prod serve-proxy test check lint validate bench bench-workloads lock clean
 
 # The exact pins of requirements.lock, then the project itself (editable, no dependencies of its own).
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -52,8 +54,11 @@ check: $(VENV)/.installed
 validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate
 
-bench: $(VENV)/.installed
+bench: bench-workloads
 	$(BIN)/python bench/run.py
+
+bench-workloads: $(VENV)/.installed
+	$(BIN)/python bench/realistic.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

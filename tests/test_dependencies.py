@@ -52,6 +52,7 @@ def _imports(folder: Path) -> set[str]:
 # import name -> distribution, for every third-party package cds_service imports
 RUNTIME = {"antlr4": "antlr4-python3-runtime", "fhir": "fhir.resources", "fhirpathpy": "fhirpathpy",
            "flask": "Flask", "flask_cors": "flask-cors", "gunicorn": "gunicorn", "jsonschema": "jsonschema",
+           "jsonschema_rs": "jsonschema-rs",
            "jwt": "PyJWT", "markupsafe": "MarkupSafe", "orjson": "orjson", "prometheus_client": "prometheus_client",
            "pydantic": "pydantic", "requests": "requests", "ucumvert": "ucumvert", "urllib3": "urllib3",
            "werkzeug": "Werkzeug",

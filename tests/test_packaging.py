@@ -103,7 +103,7 @@ def test_the_installed_service_serves_the_checkouts_knowledge_and_the_page(insta
         case = requests.get(f"{base}/ui/scenarios/{firing['id']}", timeout=10).json()
         answer = requests.post(f"{base}/cds-services/{case['service']}", json=case["request"], timeout=30)
         assert answer.status_code == 200, answer.text
-        codes = [c["source"]["topic"]["code"] for c in answer.json()["cards"]]
+        codes = [m for c in answer.json()["cards"] for m in c["extension"]["myeloma-cds.recommendations"]]
         assert sorted(codes) == sorted(firing["expect"]) == case["expect"], (firing["name"], codes)
 
         page = requests.get(f"{base}/", timeout=10)

@@ -122,7 +122,7 @@ def _terminology(args: argparse.Namespace) -> int:
         return 0
     gate = knowledge.gate_status(kb, config.load().accept_unverified_treatment_codes)
     text, open_items = knowledge.terminology_check_text(kb)
-    print(knowledge.gate_text(gate) + "\n\n" + text)
+    print(knowledge.gate_text(gate) + "\n\n" + knowledge.unarmed_text(knowledge.unarmed(kb.plans.values())) + "\n\n" + text)
     print(f"\n{open_items} item(s) to confirm or map before go-live.")
     if not gate.met:  # the production server would refuse to start
         print(f"\nGo-live gate not met: {len(gate.open)} treatment value set(s).", file=sys.stderr)

@@ -15,7 +15,9 @@ reference that cannot be resolved is a 412 too.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -23,7 +25,14 @@ from typing import Any
 
 from cds_service import knowledge
 from cds_service.data._fetch import FhirClient, Transport, bundle_resources, next_link, same_server
-from cds_service.data._medications import MedicationReads, Medications, Resolution, local_key
+from cds_service.data._medications import (
+    MEDICATION_TYPES,
+    MedicationReads,
+    Medications,
+    Resolution,
+    local_key,
+    reference_of,
+)
 from cds_service.data._retrieve import Retriever
 from cds_service.errors import DataUnavailable, FetchError, InvalidRequest
 from cds_service.knowledge import Service
@@ -146,8 +155,10 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
             raw[req.key], reports[req.key] = [value], KeyReport("prefetch", received=1)
     fetches: list[FetchRecord] = []
     deadline = time.monotonic() + fetch.timeout  # the call's one deadline: keys, pages, Medications
+    early = None
     if to_fetch:
-        _fetch_all(to_fetch, body, fetch, raw, reports, fetches, deadline)
+        early = _EarlyReads(body, fetch, deadline, [*raw.values(), draft_orders(context)]) if body.get("fhirServer") else None
+        _fetch_all(to_fetch, body, fetch, raw, reports, fetches, deadline, early)
     for req in service.plan.requirements:
         if req.derived_from:
             raw[req.key] = raw[req.derived_from]
@@ -155,7 +166,7 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
             reports[req.key] = KeyReport(source.source, received=source.received,
                                          note=f"narrowed from the data of {req.derived_from}")
     ordered = {req.key: reports[req.key] for req in service.plan.requirements}
-    medications = _medications(body, raw, fetch, deadline, fetches)
+    medications = _medications(body, raw, fetch, deadline, fetches, early)
     return Assembled(_request_data(service, body, now, raw, ordered, today, medications, fetches),
                      ordered, raw, fetches)
 
@@ -165,17 +176,8 @@ def _client(body: dict, fetch: FetchSettings) -> FhirClient:
     return FhirClient(body["fhirServer"], token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes)
 
 
-def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, deadline: float,
-                 fetches: list[FetchRecord]) -> Medications:
-    """The Medications the records reference: those in the request, plus reads of the
-    others from fhirServer (each once, concurrently, before the deadline; two rounds at
-    most: an administration's MedicationRequest, then that request's Medication)."""
-    orders = draft_orders(body["context"])
-    lists = list({id(v): v for v in raw.values()}.values()) + [orders]
-    medications = Medications(r for resources in lists for r in resources)
-    server = body.get("fhirServer")
-    if not server:
-        return medications
+def _reader(body: dict, fetch: FetchSettings, deadline: float) -> Callable[[str], list[dict]]:
+    server = body["fhirServer"]
     client = _client(body, fetch)
 
     def read(ref: str) -> list[dict]:
@@ -185,7 +187,54 @@ def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, d
             return client.follow(ref, deadline, read=True)
         return client.query(str(local_key(ref)), deadline)
 
+    return read
+
+
+class _EarlyReads:
+    """The Medication reads of a fetched key, started as soon as its search answers (in
+    its fetch thread), not after the slowest key: a call costs about one query plus one
+    read, not two rounds. Only references that nothing in the request (prefetch, draft
+    orders) nor the key's own answer (`_include` entries) holds; each once per call."""
+
+    def __init__(self, body: dict, fetch: FetchSettings, deadline: float, given: list[list[dict]]):
+        self.reads = MedicationReads(_reader(body, fetch, deadline), fetch.executor, deadline)
+        self.known = set(Medications(r for resources in given for r in resources).by_key)
+        self.started: set[str] = set()
+        self._lock = threading.Lock()
+
+    def answered(self, resources: list[dict]) -> None:
+        here = Medications(resources).by_key
+        refs = set()
+        for record in resources:
+            if record.get("resourceType") in MEDICATION_TYPES and "medicationCodeableConcept" not in record:
+                ref = reference_of(record, "medicationReference")
+                key = local_key(ref) if ref else None
+                if ref and key and key not in self.known and key not in here:
+                    refs.add(ref)
+        with self._lock:
+            new = refs - self.started
+            self.started |= new
+        if new:
+            self.reads.start(new)
+
+
+def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, deadline: float,
+                 fetches: list[FetchRecord], early: _EarlyReads | None = None) -> Medications:
+    """The Medications the records reference: those in the request, plus reads of the
+    others from fhirServer (each once, concurrently, before the deadline; those of fetched
+    keys started as each key answered; two rounds at most: an administration's
+    MedicationRequest, then that request's Medication)."""
+    orders = draft_orders(body["context"])
+    lists = list({id(v): v for v in raw.values()}.values()) + [orders]
+    medications = Medications(r for resources in lists for r in resources)
+    if not body.get("fhirServer"):
+        return medications
+    read = _reader(body, fetch, deadline)
     tried: set[str] = set()
+    if early is not None:
+        medications.add(early.reads.collect(), from_server=True)
+        fetches.extend(FetchRecord("Medication", outcome, seconds) for outcome, seconds in early.reads.outcomes)
+        tried |= early.started
     for _ in range(2):
         wanted = medications.wanted(lists) - tried
         if not wanted or time.monotonic() >= deadline:
@@ -198,7 +247,8 @@ def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, d
 
 
 def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings, raw: dict[str, list[dict]],
-               reports: dict[str, KeyReport], fetches: list[FetchRecord], deadline: float) -> None:
+               reports: dict[str, KeyReport], fetches: list[FetchRecord], deadline: float,
+               early: _EarlyReads | None = None) -> None:
     server = body.get("fhirServer")
     if not server:
         keys = sorted(to_fetch)
@@ -212,10 +262,14 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings, raw: 
     def run(key: str, target: str) -> list[dict]:
         try:
             if target.lower().startswith(("http://", "https://")):
-                return client.follow(target, deadline)
-            return client.query(target, deadline)
+                found = client.follow(target, deadline)
+            else:
+                found = client.query(target, deadline)
         finally:
             elapsed[key] = time.monotonic() - started
+        if early is not None:
+            early.answered(found)
+        return found
 
     futures = {key: fetch.executor.submit(run, key, target) for key, target in to_fetch.items()}
     failures: dict[str, str] = {}

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from cds_service.errors import FetchError
 
@@ -38,6 +39,7 @@ def reference_of(resource: dict, element: str) -> str | None:
     return ref if isinstance(ref, str) and ref else None
 
 
+@lru_cache(maxsize=4096)  # the same few references on thousands of records
 def local_key(ref: str) -> str | None:
     """"Type/id" of a relative or absolute reference (history dropped); None for others."""
     if ref.startswith(("#", "urn:")):
@@ -95,6 +97,9 @@ class Medications:
     def __init__(self, pool: Iterable[dict]):
         self.by_key: dict[str, dict] = {}
         self.from_server: set[str] = set()
+        # id(Medication) -> its concept: one Medication/<id> is referenced by hundreds of
+        # records; they share one concept (read only, like the records themselves)
+        self._concepts: dict[int, dict | None] = {}
         self.add(pool)
 
     def add(self, resources: Iterable[dict], from_server: bool = False) -> None:
@@ -177,7 +182,9 @@ class Medications:
         medication = self._find(record, ref)
         if medication is None:
             return None, ref
-        concept = medication_concept(medication)
+        if id(medication) not in self._concepts:
+            self._concepts[id(medication)] = medication_concept(medication)
+        concept = self._concepts[id(medication)]
         if concept is None:
             return None, ref  # a Medication with no code: the drug cannot be told
         if ref.startswith("#"):
@@ -187,24 +194,33 @@ class Medications:
 
 
 class MedicationReads:
-    """Read the wanted references from fhirServer, concurrently, before `deadline`."""
+    """Read the wanted references from fhirServer, concurrently, before `deadline`.
+
+    `run(wanted)` reads and waits; `start(refs)` only submits (from any thread), and
+    `collect()` waits for everything started: reads begin as soon as a key's search
+    answers, while the other keys are still being fetched."""
 
     def __init__(self, read: Callable[[str], list[dict]], executor: Executor, deadline: float):
         self.read, self.executor, self.deadline = read, executor, deadline
         self.outcomes: list[tuple[str, float]] = []  # (outcome kind, seconds) per read
+        self._futures: list = []
 
-    def run(self, wanted: set[str]) -> list[dict]:
-        def one(ref: str) -> list[dict]:
-            started = time.monotonic()
-            try:
-                found = self.read(ref)
-                self.outcomes.append(("ok", time.monotonic() - started))
-                return found
-            except FetchError as exc:
-                self.outcomes.append((exc.kind, time.monotonic() - started))
-                return []
+    def _one(self, ref: str) -> list[dict]:
+        started = time.monotonic()
+        try:
+            found = self.read(ref)
+            self.outcomes.append(("ok", time.monotonic() - started))
+            return found
+        except FetchError as exc:
+            self.outcomes.append((exc.kind, time.monotonic() - started))
+            return []
 
-        futures = [self.executor.submit(one, ref) for ref in sorted(wanted)]
+    def start(self, refs: Iterable[str]) -> None:
+        futures = [self.executor.submit(self._one, ref) for ref in sorted(refs)]
+        self._futures.extend(futures)  # one list extended at once: safe from several fetch threads
+
+    def collect(self) -> list[dict]:
+        futures, self._futures = self._futures, []
         found: list[dict] = []
         for future in futures:
             try:
@@ -213,3 +229,7 @@ class MedicationReads:
                 future.cancel()
                 self.outcomes.append(("timeout", 0.0))
         return found
+
+    def run(self, wanted: set[str]) -> list[dict]:
+        self.start(wanted)
+        return self.collect()

@@ -26,9 +26,11 @@ class Retriever:
 
     Several requirements often read the same records (a key and the windows narrowed
     from it, or identical queries). Each source list is checked for the patient and
-    split by type once, indexed by code once per element path, and each code filter is
-    answered by testing the distinct codes of the index (dozens), not every record
-    (thousands); dates are parsed once per record.
+    split by type once, indexed by code once per element path, and the selective code
+    filter of a requirement (a value set) is answered by testing the distinct codes of
+    the index (dozens), not every record (thousands); its other code filters (status)
+    are tested on the few records left, so a path like status is never indexed over
+    thousands of records; dates are parsed once per record.
     """
 
     def __init__(self, today: dt.date, patient_id: str):
@@ -36,17 +38,24 @@ class Retriever:
         self.patient_id = patient_id
         self._typed: dict[tuple, tuple[list[dict], int]] = {}
         self._indexes: dict[tuple, dict[tuple, list[int]]] = {}
-        self._matches: dict[tuple, tuple[list[dict], set[int]]] = {}
+        self._matches: dict[tuple, list[dict]] = {}
         self._dates: dict[tuple, dt.date | None] = {}
+        self._windows: dict[int, tuple[dt.date | None, dt.date | None]] = {}
 
     def run(self, requirement: DataRequirement, resources: list[dict]) -> Retrieved:
         typed, other = self._of_type(resources, requirement.type)
-        matched = [self._matching(typed, cf) for cf in requirement.code_filters]
-        base = min(matched, key=lambda m: len(m[0]))[0] if matched else typed
-        others = [ids for found, ids in matched if found is not base]
+        if requirement.code_filters:
+            # The selective filter (a value set: the drug, the test) through the index; the
+            # others (status, typically) tested on the few records it leaves, not indexed.
+            first = next((cf for cf in requirement.code_filters if cf.value_set is not None), requirement.code_filters[0])
+            base = self._matching(typed, first)
+            rest = [cf for cf in requirement.code_filters if cf is not first]
+        else:
+            base, rest = typed, []
+        # the windows first: they leave few records (a week of ANC out of years) for the codes
         kept = [
             r for r in base
-            if all(id(r) in ids for ids in others) and all(self._date_match(r, df) for df in requirement.date_filters)
+            if all(self._date_match(r, df) for df in requirement.date_filters) and all(_record_has_code(r, cf) for cf in rest)
         ]
         if requirement.sort_paths and len(kept) > 1:
             paths = requirement.sort_paths
@@ -77,7 +86,7 @@ class Retriever:
                             positions.append(position)
         return index
 
-    def _matching(self, typed: list[dict], cf: CodeFilter) -> tuple[list[dict], set[int]]:
+    def _matching(self, typed: list[dict], cf: CodeFilter) -> list[dict]:
         key = (id(typed), cf.path, id(cf.value_set), cf.codes)
         found = self._matches.get(key)
         if found is None:
@@ -85,8 +94,7 @@ class Retriever:
             for (system, code), where in self._index(typed, cf.path).items():
                 if _code_in(cf, system, code):
                     positions.update(where)
-            kept = [typed[p] for p in sorted(positions)]
-            found = self._matches[key] = (kept, {id(r) for r in kept})
+            found = self._matches[key] = [typed[p] for p in sorted(positions)]
         return found
 
     def _date(self, resource: dict, paths: tuple[str, ...]) -> dt.date | None:
@@ -95,17 +103,23 @@ class Retriever:
             self._dates[key] = first_date(resource, paths)
         return self._dates[key]
 
+    def _window(self, df: DateFilter) -> tuple[dt.date | None, dt.date | None]:
+        """(earliest, latest) day a filter keeps, worked out once per request."""
+        window = self._windows.get(id(df))
+        if window is None:
+            lows = [self.today - dt.timedelta(days=df.days)] if df.days is not None else []
+            if df.start:
+                lows.append(dt.date.fromisoformat(df.start[:10]))
+            window = self._windows[id(df)] = (max(lows) if lows else None,
+                                              dt.date.fromisoformat(df.end[:10]) if df.end else None)
+        return window
+
     def _date_match(self, resource: dict, df: DateFilter) -> bool:
         when = self._date(resource, df.paths)
         if when is None:
             return False
-        if df.days is not None and when < self.today - dt.timedelta(days=df.days):
-            return False
-        if df.start and when < dt.date.fromisoformat(df.start[:10]):
-            return False
-        if df.end and when > dt.date.fromisoformat(df.end[:10]):
-            return False
-        return True
+        earliest, latest = self._window(df)
+        return (earliest is None or when >= earliest) and (latest is None or when <= latest)
 
 
 def retrieve(requirement: DataRequirement, resources: list[dict], today: dt.date, patient_id: str) -> Retrieved:
@@ -120,6 +134,11 @@ def _same_patient(resource: dict, patient_id: str) -> bool:
     if ref is None or "Patient/" not in ref:
         return True  # contained, urn:uuid or absent: nothing to compare
     return ref == f"Patient/{patient_id}" or ref.endswith(f"/Patient/{patient_id}")
+
+
+def _record_has_code(resource: dict, cf: CodeFilter) -> bool:
+    """What the index answers for one record: a coding at cf.path that cf accepts."""
+    return any(_code_in(cf, system, code) for value in element_values(resource, cf.path) for system, code in codings(value))
 
 
 def _code_in(cf: CodeFilter, system: str | None, code: str) -> bool:

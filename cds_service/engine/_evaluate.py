@@ -154,6 +154,13 @@ def evaluate(
 ) -> PlanResult:
     """Evaluate every action of the plan that the hook triggers."""
     run = _Run(plan, data, terminology, explain)
+    for action in plan.actions:  # D-11: every trace says which rules are not (fully) armed
+        for entry in (action, *action.members):
+            if data.hook in action.hooks and (entry.unarmed or entry.not_armed_for):
+                code = entry.code.get("code", "")
+                run.scope.notes += [f"{code} not armed: {r}" for r in entry.unarmed]
+                if entry.not_armed_for:
+                    run.scope.notes.append(f"{code} not armed for {', '.join(entry.not_armed_for)}")
     cards = [_card(run, action) for action in plan.actions if data.hook in action.hooks]
     if explain:
         for name in run.env.lazy:
@@ -178,6 +185,9 @@ def _card(run: _Run, action: CardAction, parent: Environment | None = None,
     """One card action (or a bundle's member, evaluated in its bundle's environment)."""
     result = CardResult(action=action, title=action.title, description=action.description,
                         indicator=action.indicator, prefix=action.prefix)
+    if action.unarmed:  # D-11: a rule whose trigger value set has no code never fires
+        result.outcomes.append(Outcome(action.element, "armed-by", note="not armed: " + "; ".join(action.unarmed)))
+        return result
     env = run.action_env(action, parent)
     if not _passes(run, action.conditions, env, result.outcomes):
         return result

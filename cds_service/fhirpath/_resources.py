@@ -7,7 +7,6 @@ retrieves), where fhirpathpy's per-resource cost would dominate.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -24,41 +23,59 @@ def _candidate_keys(name: str) -> tuple[str, ...]:
     return (name,) + tuple(name + suffix for suffix in _CHOICE_SUFFIXES)
 
 
+@lru_cache(maxsize=1024)
+def _steps(path: str) -> tuple[tuple[tuple[str, ...], frozenset[str]], ...]:
+    """Per segment of a dotted path: its candidate keys in order, and as a set."""
+    return tuple((keys, frozenset(keys)) for keys in map(_candidate_keys, path.split(".")))
+
+
 def element_values(resource: Any, path: str) -> list[Any]:
-    """Values at a dotted path; a segment also matches its choice-type forms (value[x])."""
+    """Values at a dotted path; a segment also matches its choice-type forms (value[x]).
+
+    On the request path for every record of a retrieve: the keys a record has are
+    intersected with a segment's candidates (a record has a few keys, a segment 16
+    candidates), and only a record holding several forms walks them in order."""
     current: list[Any] = [resource]
-    for name in path.split("."):
+    for keys, candidates in _steps(path):
         found: list[Any] = []
         for item in current:
             if not isinstance(item, dict):
                 continue
-            for key in _candidate_keys(name):
-                if key in item:
-                    value = item[key]
-                    found.extend(value if isinstance(value, list) else [value])
+            hits = candidates.intersection(item)
+            if not hits:
+                continue
+            for key in (hits if len(hits) == 1 else [k for k in keys if k in hits]):
+                value = item[key]
+                if isinstance(value, list):
+                    found.extend(value)
+                else:
+                    found.append(value)
         current = found
         if not current:
             break
     return current
 
 
-def codings(value: Any) -> Iterator[Coding]:
+def codings(value: Any) -> list[Coding]:
     """(system, code) pairs of a code, Coding or CodeableConcept value.
 
     Request data is untrusted: a coding that is not a list, a code that is not a string,
     or a system that is present but not a string yields nothing (it matches no value set
-    and is never taken as a code without system).
+    and is never taken as a code without system). A list, not a generator: it is called
+    for every record a retrieve indexes.
     """
     if isinstance(value, str):
-        yield (None, value)
-    elif isinstance(value, dict):
-        items = value.get("coding") or [] if "coding" in value else [value]
-        for coding in items if isinstance(items, list) else []:
-            if not isinstance(coding, dict):
-                continue
+        return [(None, value)]
+    if not isinstance(value, dict):
+        return []
+    items = value.get("coding") or [] if "coding" in value else [value]
+    out: list[Coding] = []
+    for coding in items if isinstance(items, list) else ():
+        if isinstance(coding, dict):
             system, code = coding.get("system"), coding.get("code")
             if isinstance(code, str) and code and (system is None or isinstance(system, str)):
-                yield (system, code)
+                out.append((system, code))
+    return out
 
 
 def parse_date(value: Any) -> dt.date | None:

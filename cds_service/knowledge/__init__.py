@@ -18,8 +18,10 @@ Public API:
     path_problem(kind, path), element_path_segments(path)   dynamicValue element paths
     catalogue_*, terminology_*, render_readme, readme_is_fresh, entries, counts   the catalogue
     gate_status(kb, accept), gate_text, GateStatus, GateItem, EXT_GO_LIVE   the go-live gate
+    unarmed(plans), unarmed_text(rows), Unarmed   rules not armed (D-11), settled at load
 """
 
+from cds_service.knowledge._arming import Unarmed, unarmed, unarmed_text
 from cds_service.knowledge._catalogue import (
     catalogue_html,
     catalogue_markdown,
@@ -69,7 +71,7 @@ from cds_service.knowledge._terminology import (
 )
 
 __all__ = [
-    "EXT_GO_LIVE", "GateItem", "GateStatus", "gate_status", "gate_text",
+    "EXT_GO_LIVE", "GateItem", "GateStatus", "gate_status", "gate_text", "Unarmed", "unarmed", "unarmed_text",
     "INDICATOR", "INDICATOR_RANK", "MEDICATION_RECORD_TYPES", "RECOMMENDATIONS_KEY",
     "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "Citation", "CodeFilter", "Condition",
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",

@@ -17,6 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service import fhirpath
 from cds_service.errors import Problem
+from cds_service.knowledge import _arming as arming
 from cds_service.knowledge._model import (
     HOOKS,
     INDICATOR,
@@ -74,6 +75,7 @@ class Compiler:
         self.problems: list[Problem] = []
         self._activities: dict[str, ActivityDefinition | None] = {}
         self._artifact: Artifact | None = None
+        self._pending_arming: dict[str, tuple[str, fhirpath.Expression | None, list[str]] | None] = {}  # by action element
 
     # -- helpers ------------------------------------------------------------------------
     def _problem(self, element: str, message: str, artifact: Artifact | None = None) -> None:
@@ -159,6 +161,7 @@ class Compiler:
         ]
         self._check_duplicate_codes(cards)
         self._artifact = artifact
+        cards = [self._settle_arming(card, tuple(variables)) for card in cards]
         if len(self.problems) > before:
             return None
         return Plan(
@@ -224,6 +227,8 @@ class Compiler:
                           f"(extension {self.base}/StructureDefinition/override-reasons"
                           + (", on the member or on its bundle)" if bundle else ")"))
         citations = self._citations(action, element)
+        armed_by = self._armed_by(action, element)
+        self._pending_arming[element] = self._not_armed_for(action, element)
         if len(self.problems) > before:
             return None
         return CardAction(
@@ -233,6 +238,7 @@ class Compiler:
             selection_behavior=selection if suggestions else None, override_reasons=tuple(reasons),
             citations=tuple(citations), element=element,
             prefix=(action.get("prefix") or None) if bundle is not None else None,
+            unarmed=arming.empty_value_sets(armed_by, self.terminology),
         )
 
     def _bundle(self, action: dict, element: str, names: frozenset[str]) -> CardAction | None:
@@ -270,6 +276,7 @@ class Compiler:
             self._problem(f"{element}.selectionBehavior", f"must be one of {', '.join(SELECTION)} when its members "
                           f"have suggestions (was {selection or 'not given'})")
         citations = self._citations(action, element)
+        self._pending_arming[element] = self._not_armed_for(action, element)
         if len(self.problems) > before:
             return None
         return CardAction(
@@ -403,6 +410,49 @@ class Compiler:
         if len(self.problems) > before:
             return None
         return ActivityDefinition(ad["url"], ad.get("version"), ad["kind"], ad, tuple(dynamic), artifact.file)
+
+    def _armed_by(self, action: dict, element: str) -> list[str]:
+        """The ValueSets the rule's trigger needs (extension armed-by), each one loaded."""
+        url, urls = f"{self.base}/StructureDefinition/{arming.ARMED_BY}", []
+        for i, ext in enumerate(action.get("extension") or []):
+            if ext.get("url") == url:
+                canonical = ext.get("valueCanonical") or ""
+                if self.terminology.get(canonical) is None:
+                    self._problem(f"{element}.extension[{i}].valueCanonical", f"armed-by ValueSet '{canonical}' is not loaded")
+                urls.append(canonical)
+        return urls
+
+    def _not_armed_for(self, action: dict, element: str) -> tuple[str, fhirpath.Expression | None, list[str]] | None:
+        """Extension not-armed-for: per ValueSet (valueCanonical: not armed for it while it has
+        no code) and/or one FHIRPath over constant variables (valueExpression)."""
+        url = f"{self.base}/StructureDefinition/{arming.NOT_ARMED_FOR}"
+        where, expr, value_sets = element, None, []
+        for i, ext in enumerate(action.get("extension") or []):
+            if ext.get("url") != url:
+                continue
+            if "valueCanonical" in ext:
+                if self.terminology.get(ext["valueCanonical"]) is None:
+                    self._problem(f"{element}.extension[{i}].valueCanonical",
+                                  f"not-armed-for ValueSet '{ext['valueCanonical']}' is not loaded")
+                value_sets.append(ext["valueCanonical"])
+            else:
+                where = f"{element}.extension[{i}].valueExpression.expression"
+                expr = self.expression(ext.get("valueExpression"), where, None)
+        return (where, expr, value_sets) if expr is not None or value_sets else None
+
+    def _settle_arming(self, card: CardAction, variables: tuple[Variable, ...]) -> CardAction:
+        """Settle not-armed-for once, at load: empty value sets, constant expressions."""
+        def settle(action: CardAction) -> CardAction:
+            pending = self._pending_arming.pop(action.element, None)
+            if pending is None:
+                return action
+            where, expr, value_sets = pending
+            names = [u.rsplit("/", 1)[-1] for u in value_sets if arming.empty_value_sets([u], self.terminology)]
+            if expr is not None:
+                names += arming.constant_names(expr, variables, self.terminology, lambda m: self._problem(where, m))
+            return replace(action, not_armed_for=tuple(names))
+        members = tuple(settle(m) for m in card.members)
+        return replace(settle(card), members=members) if card.members else settle(card)
 
     def _override_reasons(self, action: dict, element: str) -> list[dict]:
         url = f"{self.base}/StructureDefinition/override-reasons"

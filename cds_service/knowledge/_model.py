@@ -137,6 +137,8 @@ class CardAction:
     element: str
     members: tuple[CardAction, ...] = ()
     prefix: str | None = None  # a member's heading in its bundle's detail ("Review"); None: none
+    unarmed: tuple[str, ...] = ()  # D-11: why the rule is not armed (it never fires); () armed
+    not_armed_for: tuple[str, ...] = ()  # D-11: names it is not armed for (it fires for the others)
 
     @property
     def is_bundle(self) -> bool:

@@ -60,13 +60,13 @@ def call(
         raise without_network_details(exc) from None
     result = evaluate(service.plan, assembled.data, kb.terminology, explain)
     cards, issued = render(result)
+    refused = validation.refused_cards(cards)
     kept, kept_issued = [], []
-    for card, record in zip(cards, issued, strict=False):
-        errors = validation.card_errors(card)
-        if errors:
+    for position, (card, record) in enumerate(zip(cards, issued, strict=False)):
+        if position in refused:
             # A card the 2.0 schema refuses is our bug: never sent, always logged.
             log.error("card dropped", extra={"event": "card_dropped", "service": service.id,
-                                             "code": record.code, "errors": errors[:5]})
+                                             "code": record.code, "errors": refused[position][:5]})
             continue
         kept.append(card)
         kept_issued.append(record)

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from cds_service import config, fhirpath, knowledge, ops, security
+from cds_service import config, fhirpath, knowledge, ops, security, service
 from cds_service.data import FetchSettings, RequestsTransport, Transport
 from cds_service.feedback import open_writer
 from cds_service.knowledge import KnowledgeBase
@@ -58,6 +58,7 @@ def create_app(
     # The jti replay store is the service's database: shared by every worker and replica.
     guard = _auth.build_guard(security_config, security.open_replay_guard(settings))
     fhirpath.warm_up()
+    service.warm_up()  # the response validators, compiled before the first call (and before forking)
     app = Flask(__name__, static_folder=None)  # serves no files: no undescribed /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's setting

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, jsonify
 
 from cds_service import config
 from cds_service.errors import ConfigurationError
-from cds_service.knowledge import GateStatus, KnowledgeBase, gate_status, gate_text
+from cds_service.knowledge import GateStatus, KnowledgeBase, gate_status, gate_text, unarmed
 from cds_service.web._state import state
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def ready() -> tuple[Response, int]:
         return jsonify({"status": "unavailable", "reason": str(exc), "knowledge": knowledge}), 503
     go_live = {"met": gate.met, "open": [i.as_json() for i in gate.open],
                "accepted": [i.as_json() for i in gate.accepted]}
+    knowledge["notArmed"] = [r.as_json() for r in unarmed(kb.plans.values())]  # D-11: reported, never 503
     if not gate.met:
         return jsonify({"status": "unavailable", "reason": "go-live gate not met: treatment value sets with no "
                         "code or only unverified codes (see goLive.open; docs/terminology.md)",
@@ -78,6 +79,8 @@ def check_go_live(settings: config.Settings, kb: KnowledgeBase, production: bool
     """Refuse (production) or warn (development) while the gate is open; a bad setting raises."""
     gate = gate_status(kb, settings.accept_unverified_treatment_codes)
     names = [i.name for i in gate.open]
+    for row in unarmed(kb.plans.values()):  # D-11: listed at start-up
+        log.warning(f"rule {row.line()}", extra={"event": "rule_not_armed", "code": row.code, "partial": row.partial})
     if gate.accepted:
         log.critical("go-live gate: treatment value sets accepted without a verified code by "
                      "accept_unverified_treatment_codes: " + "; ".join(i.line() for i in gate.accepted),

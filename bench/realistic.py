@@ -1,0 +1,235 @@
+"""Measure the representative workloads of bench/workloads.py (issue 12): `make bench-workloads`.
+
+(1) in process: one hook call (validate, assemble from prefetch, resolve medications,
+    retrieve, evaluate every rule, render, check the cards), CPU time of this process,
+    median and p95, cards and suggestions per call beside the timings, for workloads
+    (a)-(c) at about 300 and 10,000 chart resources;
+(2) over HTTP against the production server (`mm-cds serve --prod`: gunicorn, its default
+    workers and threads), workload (a): p95 with 1 client, requests/s with 8 clients, p99
+    with 32 clients (wrk when installed, else Python threads, and the table says which);
+(3) worker memory (RSS) after the HTTP runs;
+(4) the fetch path: workload (a) at 300 resources with no prefetch, against a loopback FHIR
+    server in its own process adding 50 ms to every query, Medication reads included.
+
+    .venv/bin/python bench/realistic.py [--calls 200] [--seconds 10] [--skip-http] [--skip-fetch]
+    .venv/bin/python bench/realistic.py --profile a [--resources 300]   cProfile, top 5 by
+                                                   cumulative and by total time
+
+The load average is printed beside the numbers: this machine is shared; repeat when high.
+Results also go to bench/results/workloads.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+# bench/profile.py (pyinstrument) would shadow the standard library's `profile`, which
+# cProfile imports: import it with this script's folder off the path.
+_path = sys.path[:]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import cProfile  # noqa: E402
+
+sys.path[:] = _path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import ProductionServer, concurrent_python, concurrent_wrk, machine, percentile, sequential, table  # noqa: E402
+from workloads import NOW, SIZES, WORKLOADS, chart, context, request  # noqa: E402
+
+from cds_service import create_app  # noqa: E402
+from cds_service.service import call as call_hook  # noqa: E402
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def per_call(outcome) -> tuple[int, int]:
+    cards = outcome.response["cards"]
+    return len(cards), sum(len(c.get("suggestions", [])) for c in cards)
+
+
+def in_process(app, calls: int, kinds: str = "abc") -> list[dict]:
+    state = app.extensions["mm_cds"]
+    rows = []
+    for kind in kinds:
+        for n in SIZES:
+            service, body, facts = request(kind, n, state.kb.services.values())
+            for _ in range(5):
+                call_hook(state.kb, service, body, NOW, state.fetch)
+            times = []
+            before = load()
+            for _ in range(calls if n < 10000 else max(20, calls // 4)):
+                started = time.process_time()
+                outcome = call_hook(state.kb, service, body, NOW, state.fetch)
+                times.append(time.process_time() - started)
+            cards, suggestions = per_call(outcome)
+            rows.append({"workload": kind, "name": WORKLOADS[kind].name, "resources": n, **facts, "calls": len(times),
+                         "median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
+                         "cards": cards, "suggestions": suggestions, "load": f"{before}-{load()}"})
+    return rows
+
+
+def over_http(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
+    state = app.extensions["mm_cds"]
+    server = ProductionServer()
+    rows = []
+    run = concurrent_wrk if shutil.which("wrk") else concurrent_python
+    try:
+        for n in SIZES:
+            service, body, _facts = request("a", n, state.kb.services.values())
+            url = f"{server.base}/cds-services/{service.id}"
+            before = load()
+            rows.append({"resources": n, **sequential(url, body, calls if n < 10000 else calls // 3), "load": f"{before}-{load()}"})
+            for clients in (8, 32):
+                before = load()
+                rows.append({"resources": n, **run(url, body, clients, seconds), "load": f"{before}-{load()}"})
+        memory = {"startup_s": server.startup_s, "worker_rss_mb": server.worker_rss_mb()}
+    finally:
+        server.stop()
+    return rows, memory
+
+
+def fetch_path(app, calls: int = 15) -> dict:
+    """Workload (a), 300 resources, nothing prefetched: every key and every Medication/<id>
+    read from a FHIR server in its own process, with 0 and 50 ms added to every request."""
+    state = app.extensions["mm_cds"]
+    service = next(s for s in state.kb.services.values() if s.hook == WORKLOADS["a"].hook)
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chart.json"
+        path.write_text(json.dumps(chart("a", 300)))
+        for delay in (0.0, 0.05):
+            stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), str(path), str(delay)],
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                base = stub.stdout.readline().strip()
+                body = {"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "context": context("a"), "fhirServer": base,
+                        "fhirAuthorization": {"access_token": "test-token", "token_type": "Bearer", "expires_in": 300,
+                                              "scope": "user/*.read", "subject": "bench"}}
+                times, before = [], load()
+                for i in range(calls + 2):
+                    started = time.perf_counter()
+                    outcome = call_hook(state.kb, service, body, NOW, state.fetch)
+                    if i >= 2:
+                        times.append(time.perf_counter() - started)
+                keys = sum(1 for f in outcome.fetches if f.key != "Medication")
+                reads = sum(1 for f in outcome.fetches if f.key == "Medication")
+                cards, _ = per_call(outcome)
+                result[delay] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
+                                 "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}"}
+            finally:
+                stub.terminate()
+                stub.wait(10)
+    return {"no_delay": result[0.0], "delay_50ms": result[0.05]}
+
+
+def assume_unit_cache() -> None:
+    """Simulate, in this process only, what the _units.py work of issue 12 does (a failed
+    conversion cached like a successful one), to see the cost left without it: for the
+    profile and the in-process table. Not the service's code; remove once merged."""
+    from cds_service.fhirpath import _units
+
+    real, failed = _units.conversion_factor, {}
+
+    def factor(from_unit: str, to_unit: str):
+        if (from_unit, to_unit) in failed:
+            raise failed[from_unit, to_unit]
+        try:
+            return real(from_unit, to_unit)
+        except _units.UnitError as exc:
+            failed[from_unit, to_unit] = exc
+            raise
+
+    _units.conversion_factor = factor
+
+
+def profile(app, kind: str, n: int, calls: int) -> str:
+    state = app.extensions["mm_cds"]
+    service, body, _ = request(kind, n, state.kb.services.values())
+    for _ in range(10):
+        call_hook(state.kb, service, body, NOW, state.fetch)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        call_hook(state.kb, service, body, NOW, state.fetch)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    out.write(f"workload ({kind}) at {n} resources, {calls} calls, load {load()}\n")
+    stats.sort_stats("cumulative").print_stats(12)
+    stats.sort_stats("tottime").print_stats(8)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each concurrent run")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-fetch", action="store_true")
+    parser.add_argument("--profile", choices=sorted(WORKLOADS), help="cProfile this workload instead of measuring")
+    parser.add_argument("--resources", type=int, default=300, help="with --profile")
+    parser.add_argument("--assume-unit-cache", action="store_true",
+                        help="in process only: simulate failed unit conversions cached (the _units.py work)")
+    args = parser.parse_args()
+    if args.assume_unit_cache:
+        assume_unit_cache()
+    app = create_app({"log_level": "WARNING"}, clock=lambda: NOW)
+    if args.profile:
+        print(profile(app, args.profile, args.resources, args.calls))
+        return
+    results: dict = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "assume_unit_cache": args.assume_unit_cache}
+    print(f"machine: {results['machine']}\n")
+
+    results["in_process"] = rows = in_process(app, args.calls)
+    print("(1) in process, one hook call (CPU ms of this process)")
+    print(table(["workload", "chart", "in prefetch", "calls", "median ms", "p95 ms", "cards", "suggestions", "load"],
+                [[f"({r['workload']}) {r['name']}", r["resources"], r["prefetch_resources"], r["calls"], r["median_ms"],
+                  r["p95_ms"], r["cards"], r["suggestions"], r["load"]] for r in rows]))
+    for kind in WORKLOADS:
+        small, large = (next(r for r in rows if r["workload"] == kind and r["resources"] == n) for n in SIZES)
+        print(f"    ({kind}) 300 -> 10,000: x{large['median_ms'] / small['median_ms']:.1f}, "
+              f"{(large['median_ms'] - small['median_ms']) * 1000 / (large['prefetch_resources'] - small['prefetch_resources']):.2f} "
+              f"µs per extra prefetched resource")
+
+    if not args.skip_http:
+        results["http"], results["server"] = http, server = over_http(app, args.calls, args.seconds)
+        print("\n(2) workload (a) over HTTP on loopback, production server (mm-cds serve --prod)")
+        print(table(["chart", "clients", "driver", "requests", "median ms", "p95 ms", "p99 ms", "req/s", "errors", "load"],
+                    [[r["resources"], r["clients"], r["driver"], r["requests"], r["median_ms"], r["p95_ms"], r["p99_ms"],
+                      r["rps"], r["errors"], r["load"]] for r in http]))
+        print(f"\n(3) start-up to /ready: {server['startup_s']:.2f} s; resident memory per worker after the runs (MB): "
+              + ", ".join(f"{m:.0f}" for m in server["worker_rss_mb"]))
+
+    if not args.skip_fetch:
+        results["fetch"] = fetch = fetch_path(app)
+        for label, key in (("at once", "no_delay"), ("+50 ms per request", "delay_50ms")):
+            f = fetch[key]
+            print(f"\n(4) fetch path, workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} queries + "
+                  f"{f['medication_reads']} Medication reads per call, {f['cards']} cards; median {f['median_ms']:.0f} ms, "
+                  f"p95 {f['p95_ms']:.0f} ms (load {f['load']})")
+
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "workloads.json").write_text(json.dumps(results, indent=2))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
