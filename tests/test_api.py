@@ -87,7 +87,7 @@ def test_a_call_returns_cards_with_the_2_0_fields(client):
     response = client.post(SIGN, json=body)
     assert response.status_code == 200
     cards = response.get_json()["cards"]
-    assert member_codes(cards) == {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1"}
+    assert member_codes(cards) == {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1", "ADM-5", "TOX-3"}  # issue 13: ADM-5, TOX-3 in ADM-SU
     assert sorted(c["source"]["topic"]["code"] for c in cards) == ["ADM-SU", "INF-SC", "SCR", "SEQ-1"]
     assert all(c["extension"]["myeloma-cds.recommendations"] for c in cards)
     uuids = [c["uuid"] for c in cards] + [s["uuid"] for c in cards for s in c.get("suggestions", [])]

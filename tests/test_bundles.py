@@ -185,7 +185,7 @@ def test_shipped_cards_list_their_code_in_the_extension(client, kb):
     plain = [c for c in cards if c["source"]["topic"]["code"] == "SEQ-1"]
     assert plain and all(c["extension"] == {KEY: ["SEQ-1"]} for c in plain)  # an unbundled card lists its one code
     bundled = {c["source"]["topic"]["code"]: c["extension"][KEY] for c in cards if c not in plain}
-    assert bundled == {"SCR": ["SCR-1", "SCR-2", "SCR-3", "SCR-4"], "INF-SC": ["INF-1", "INF-2"], "ADM-SU": ["ADM-1"]}
+    assert bundled == {"SCR": ["SCR-1", "SCR-2", "SCR-3", "SCR-4"], "INF-SC": ["INF-1", "INF-2"], "ADM-SU": ["ADM-1", "ADM-5", "TOX-3"]}  # issue 13: ADM-5 and TOX-3 join ADM-SU
 
 
 # -- the trace --------------------------------------------------------------------------------

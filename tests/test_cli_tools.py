@@ -29,22 +29,23 @@ def test_mm_cds_test_runs_the_bundled_scenarios_and_reports_each(capsys):
     assert out.rstrip().endswith(f"{total} passed, 0 failed")
     assert out.count("PASS  ") == total
     assert ("PASS  seq-1.yaml: SEQ-1 fires for a first teclistamab order\n"
-            "      fired: SEQ-1 | expected: SEQ-1 | missing: - | unexpected: -") in out
+            "      fired: ADM-5, SEQ-1 | expected: ADM-5, SEQ-1 | missing: - | unexpected: -") in out  # issue 13: ADM-5 at dose 1
 
 
 @pytest.fixture()
 def own_folder(tmp_path) -> Path:
     """A scenario folder of a user's own: the shared library, two scenarios, no site settings."""
-    shutil.copy(FOLDER / "_library.yaml", tmp_path / "_library.yaml")
+    for library in FOLDER.glob("_library*.yaml"):  # every library file of the folder (issue 13: _library-n1.yaml)
+        shutil.copy(library, tmp_path / library.name)
     (tmp_path / "mine.yaml").write_text("""
 defaults: {hook: order-sign, baseChart: quiet-chart, baseDraftOrders: premedication, omit: [car-t-declined]}
 scenarios:
   - name: wrong expectation on purpose
     draftOrders: [{use: teclistamab-order}]
-    expect: [SEQ-1, SCR-1]
+    expect: [SEQ-1, SCR-1, ADM-5]
   - name: talquetamab known only by a site code
     draftOrders: [{use: talquetamab-order-local}]
-    expect: [SEQ-1]
+    expect: [SEQ-1, ADM-5]
 """)
     return tmp_path
 
@@ -52,8 +53,8 @@ scenarios:
 def test_mm_cds_test_fails_with_missing_and_unexpected_codes_and_takes_a_site(capsys, own_folder):
     code, out, _ = run(capsys, "test", str(own_folder))
     assert code == 1
-    assert "FAIL  mine.yaml: wrong expectation on purpose\n      fired: SEQ-1 | expected: SCR-1, SEQ-1 | missing: SCR-1 | unexpected: -" in out
-    assert "FAIL  mine.yaml: talquetamab known only by a site code\n      fired: - | expected: SEQ-1 | missing: SEQ-1" in out
+    assert "FAIL  mine.yaml: wrong expectation on purpose\n      fired: ADM-5, SEQ-1 | expected: ADM-5, SCR-1, SEQ-1 | missing: SCR-1 | unexpected: -" in out
+    assert "FAIL  mine.yaml: talquetamab known only by a site code\n      fired: - | expected: ADM-5, SEQ-1 | missing: ADM-5, SEQ-1" in out
     assert out.rstrip().endswith("0 passed, 2 failed")
     code, out, _ = run(capsys, "test", str(own_folder), "--site", str(SITE))
     assert code == 1 and "PASS  mine.yaml: talquetamab known only by a site code" in out
@@ -101,7 +102,7 @@ def test_explain_against_a_running_service_and_from_a_request_file(capsys, loopb
     assert strip_now(remote) == strip_now(local)
     # a service without explain: cards, and why there is no trace
     code, out, _ = run(capsys, "explain", "--request", str(request), "--url", loopback_service(False))
-    assert code == 0 and "cards: SEQ-1" in out and "explain enabled (MM_CDS_EXPLAIN_ENABLED=1)" in out
+    assert code == 0 and "cards: ADM-5, SEQ-1" in out and "explain enabled (MM_CDS_EXPLAIN_ENABLED=1)" in out
 
 
 def test_explain_says_what_is_wrong_with_its_arguments(capsys, tmp_path):
@@ -125,5 +126,5 @@ def test_catalogue_html_is_a_complete_page_listing_every_code(capsys, kb):
     codes = {c["code"] for c in kb.artifacts["https://myeloma-cds.example.org/fhir/CodeSystem/mm-tcell-recommendations"].resource["concept"]}
     bundles = set(re.findall(r"<tr><td>([A-Z-]+) \(bundle\)</td>", out))
     assert bundles == {"SCR", "INF-SC", "ADM-SU"}
-    assert {code for code, _ in rows} | bundles == codes and len(codes - bundles) == 24
+    assert {code for code, _ in rows} | bundles == codes and len(codes - bundles) == 24 + 10  # issue 13 (this branch): 10 new codes
     assert ("SCR-3", "SCR") in rows and ("INF-1", "INF-SC") in rows  # a member names its bundle

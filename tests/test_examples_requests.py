@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "requests"
 
 # file -> (service it is posted to, the recommendation codes of the cards it must get)
+# issue 13: a first teclistamab dose with no tocilizumab also gets ADM-5 and TOX-3 (in ADM-SU)
 EXPECTED = {
     "order-sign-teclistamab.json": (
-        "mm-tcell-order-sign", {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1"}),
+        "mm-tcell-order-sign", {"SEQ-1", "SCR-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1", "ADM-5", "TOX-3"}),
     # HBsAg and anti-HBc are already in the draft orders: no SCR-1
     "order-select-teclistamab.json": (
-        "mm-tcell-order-select", {"SEQ-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1"}),
+        "mm-tcell-order-select", {"SEQ-1", "SCR-2", "SCR-3", "SCR-4", "INF-1", "INF-2", "ADM-1", "ADM-5", "TOX-3"}),
     # the test clock is 15 June, outside the influenza season: no INF-8
     "patient-view.json": ("mm-tcell-chart", {"INF-1", "INF-2", "MON-2"}),
 }
