@@ -25,7 +25,7 @@ def codes_of_codesystem(kb) -> set[str]:
 def test_every_recommendation_of_the_catalogue_is_an_action(kb):
     bundles = {e.code for e in knowledge.entries(kb) if e.members}
     assert bundles == {"SCR", "INF-SC", "ADM-SU"}  # RECOMMENDATIONS-v2 Part 2: topics, not recommendations
-    assert len(codes_of_codesystem(kb) - bundles) == 24 + 10  # issue 13 (this branch): SEQ-6, SEQ-7, SCR-5..7, INF-10, ADM-4, ADM-5, TOX-3, TOX-4
+    assert len(codes_of_codesystem(kb) - bundles) == 24 + 13  # v1 (24) + issue 13: SEQ-6, SEQ-7, SCR-5..7, INF-9, INF-10, ADM-4, ADM-5, MON-3, TOX-3, TOX-4, TOX-5
     assert {e.code for e in knowledge.entries(kb)} == codes_of_codesystem(kb)
 
 
