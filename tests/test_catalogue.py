@@ -140,3 +140,12 @@ def open_items(text: str) -> int:
 def test_terminology_check_strict_fails_while_items_are_open(monkeypatch, capsys):
     status, out, _ = mm_cds(monkeypatch, capsys, "terminology", "check", "--strict")
     assert status == 1 and open_items(out) > 0
+
+
+def test_the_catalogue_shows_evidence_marks_and_which_rules_are_armed(kb):
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in knowledge.catalogue_markdown(kb).splitlines()
+            if line.startswith("| ") and not line.startswith("| code")}
+    assert rows["ADM-4"].endswith("| not for elranatamab, linvoseltamab |")  # empty restart tables (D-11)
+    assert rows["SEQ-1"].endswith("| [seed] | yes |")
+    assert "[consensus]" in rows["INF-5"] and "[label]" in rows["INF-6"]
+    assert "[recalled]" in rows["INF-8"]  # the season dates are per local policy

@@ -57,16 +57,19 @@ def test_catalogue_and_try_it_in_a_real_browser(browser, loopback_service, kb, t
     cells = page.locator("#catalogue table tbody tr td:first-child").all_inner_texts()
     shown = {cell.split(" (")[0] for cell in cells}  # "SCR-1 (in SCR)", "SCR (bundle)"
     codes = {c["code"] for c in kb.artifacts[RECOMMENDATIONS].resource["concept"]}
-    assert shown == codes and len(codes) == 27  # 24 recommendations and the 3 bundles
+    assert shown == codes and len(codes) == 41  # 38 recommendations (24 + 14 of catalogue v2) and the 3 bundles
     assert "SCR (bundle)" in cells and "SCR-1 (in SCR)" in cells
     assert page.locator("#explain-off").count() == 0
     # a bundled scenario, sent to the service: the cards it expects, and the trace
     seq1 = scenarios.find(scenarios.DEFAULT_FOLDER / "seq-1.yaml", "SEQ-1 fires for a first teclistamab order")
     for name, expected in (
-            ("SEQ-1 fires for a first teclistamab order", {title_of(kb, "SEQ-1", seq1.hook)}),
+            # with ADM-5 (driving counselling at a first dose) in the step-up safety bundle
+            ("SEQ-1 fires for a first teclistamab order",
+             {title_of(kb, "SEQ-1", seq1.hook), "teclistamab step-up dose 1 of 3: 1 safety item"}),
             # INF-1 is a member of the supportive-care bundle: the card is INF-SC's, its title computed
             ("INF-1 fires for a bispecific order with no antiviral prophylaxis",
-             {"Supportive care before teclistamab: start HSV/VZV prophylaxis"})):
+             {"Supportive care before teclistamab: start HSV/VZV prophylaxis",
+              "teclistamab step-up dose 1 of 3: 1 safety item"})):
         choose_and_send(page, name)
         titles = page.locator("#cards article h4").all_inner_texts()
         assert {t.rsplit(" ", 1)[0] for t in titles} == expected  # title, then the indicator badge
@@ -86,7 +89,7 @@ def test_the_page_says_when_explain_is_off(browser, loopback_service):
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
     assert "MM_CDS_EXPLAIN_ENABLED=1" in page.locator("#explain-off").inner_text()
     choose_and_send(page, "SEQ-1 fires for a first teclistamab order")
-    assert page.locator("#cards article h4").count() == 1
+    assert page.locator("#cards article h4").count() == 2  # SEQ-1 and the step-up safety card (ADM-5)
     assert "explain is off on this service" in page.locator("#no-trace").inner_text()
 
 

@@ -28,6 +28,8 @@ class Entry:
     plan: str
     members: tuple[str, ...] = ()  # a bundled card: its member codes (the entries after it)
     bundle: str | None = None  # a member: the code of the bundle that shows it
+    evidence: tuple[str, ...] = ()  # the evidence marks its sources and text carry
+    armed: str = "yes"  # D-11: "yes", "no: why", or "not for: names"
 
     @property
     def label(self) -> str:
@@ -35,6 +37,34 @@ class Entry:
         if self.members:
             return f"{self.code} (bundle)"
         return f"{self.code} (in {self.bundle})" if self.bundle else self.code
+
+
+_SEED_LABELS = ("EMN", "IMWG", "Song", "Ouyang")
+
+
+def _evidence(action: CardAction) -> tuple[str, ...]:
+    """The marks of RECOMMENDATIONS-v2 section 0, read from the action's data: [seed] for a
+    seed source cited, [consensus] for the bispecific-antibody consensus, [label] for a
+    prescribing-information citation, [recalled] where the text or a variable says "per
+    local policy" or [recalled]."""
+    marks = []
+    labels = [c.label for c in action.citations]
+    if any(label.startswith(_SEED_LABELS) for label in labels):
+        marks.append("[seed]")
+    if any("consensus" in label.lower() for label in labels):
+        marks.append("[consensus]")
+    if any(label.endswith(" label") or "prescribing" in label.lower() for label in labels):
+        marks.append("[label]")
+    texts = [action.description or ""] + [e.source for _, e in action.dynamic] + [v.expression.source for v in action.variables]
+    if any("per local policy" in t or "[recalled]" in t for t in texts):
+        marks.append("[recalled]")
+    return tuple(marks)
+
+
+def _armed(action: CardAction) -> str:
+    if action.unarmed:
+        return "no: " + "; ".join(action.unarmed)
+    return f"not for {', '.join(action.not_armed_for)}" if action.not_armed_for else "yes"
 
 
 def _entry(action: CardAction, plan: str, bundle: CardAction | None = None) -> Entry:
@@ -52,6 +82,8 @@ def _entry(action: CardAction, plan: str, bundle: CardAction | None = None) -> E
         plan=plan,
         members=action.codes if action.is_bundle else (),
         bundle=bundle.code.get("code", "") if bundle is not None else None,
+        evidence=_evidence(action),
+        armed=_armed(action),
     )
 
 
@@ -78,13 +110,13 @@ def _cell(text: str) -> str:
 
 def catalogue_markdown(kb: KnowledgeBase) -> str:
     lines = [
-        "| code | hooks | card | indicator | fires when (all of) | suggests | sources |",
-        "|---|---|---|---|---|---|---|",
+        "| code | hooks | card | indicator | fires when (all of) | suggests | sources | evidence | armed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries(kb):
         lines.append("| " + " | ".join(_cell(x) for x in (
             e.label, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
-            "; ".join(e.suggestions) or "-", "; ".join(e.sources))) + " |")
+            "; ".join(e.suggestions) or "-", "; ".join(e.sources), " ".join(e.evidence) or "-", e.armed)) + " |")
     codes, actions = counts(kb)
     lines.append("")
     lines.append(f"{codes} recommendations in {actions} PlanDefinition actions.")
@@ -101,11 +133,11 @@ def catalogue_table_html(kb: KnowledgeBase) -> str:
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in (
             e.label, ", ".join(e.hooks), e.title, e.indicator, "; ".join(e.fires_when),
-            "; ".join(e.suggestions) or "-", "; ".join(e.sources))) + "</tr>"
+            "; ".join(e.suggestions) or "-", "; ".join(e.sources), " ".join(e.evidence) or "-", e.armed)) + "</tr>"
         for e in entries(kb)
     )
     return ("<table class=\"catalogue\"><thead><tr><th>code</th><th>hooks</th><th>card</th><th>indicator</th>"
-            "<th>fires when (all of)</th><th>suggests</th><th>sources</th></tr></thead>\n<tbody>\n"
+            "<th>fires when (all of)</th><th>suggests</th><th>sources</th><th>evidence</th><th>armed</th></tr></thead>\n<tbody>\n"
             f"{rows}\n</tbody></table>")
 
 
