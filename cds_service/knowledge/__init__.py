@@ -42,6 +42,7 @@ from cds_service.knowledge._model import (
     ActivityDefinition,
     Artifact,
     CardAction,
+    Suppression,
     Citation,
     CodeFilter,
     Condition,
@@ -71,7 +72,7 @@ from cds_service.knowledge._terminology import (
 __all__ = [
     "EXT_GO_LIVE", "GateItem", "GateStatus", "gate_status", "gate_text",
     "INDICATOR", "INDICATOR_RANK", "MEDICATION_RECORD_TYPES", "RECOMMENDATIONS_KEY",
-    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "Citation", "CodeFilter", "Condition",
+    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "Suppression", "Citation", "CodeFilter", "Condition",
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",
     "TemplateError", "Terminology", "Variable", "build_template", "catalogue_html", "catalogue_markdown",
     "catalogue_table_html", "check_template", "counts", "element_path_segments", "entries", "load", "ndc_product", "path_problem", "readme_is_fresh",

@@ -18,6 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from cds_service import fhirpath
 from cds_service.errors import Problem
 from cds_service.knowledge._model import (
+    Suppression,
     HOOKS,
     INDICATOR,
     INDICATOR_RANK,
@@ -224,9 +225,11 @@ class Compiler:
                           f"(extension {self.base}/StructureDefinition/override-reasons"
                           + (", on the member or on its bundle)" if bundle else ")"))
         citations = self._citations(action, element)
+        suppression = self._suppression(action, element, frozenset(local) | (BUNDLE_NAMES if bundle else frozenset()))
         if len(self.problems) > before:
             return None
         return CardAction(
+            suppression=suppression,
             code=code, title=str(title), description=action.get("description"),
             indicator=INDICATOR[priority], hooks=frozenset(hooks), variables=tuple(variables),
             conditions=tuple(conditions), dynamic=tuple(dynamic), suggestions=tuple(suggestions),
@@ -270,9 +273,13 @@ class Compiler:
             self._problem(f"{element}.selectionBehavior", f"must be one of {', '.join(SELECTION)} when its members "
                           f"have suggestions (was {selection or 'not given'})")
         citations = self._citations(action, element)
+        suppression = self._suppression(action, element, frozenset(local) | BUNDLE_NAMES)
+        if suppression is not None:  # the bundle's windows apply to each member (R-5) lacking its own
+            members = [m if m.suppression else replace(m, suppression=suppression) for m in members]
         if len(self.problems) > before:
             return None
         return CardAction(
+            suppression=suppression,
             code=code, title=str(title), description=action.get("description"),
             indicator=max((m.indicator for m in members), key=INDICATOR_RANK.__getitem__),
             hooks=frozenset(hooks), variables=tuple(variables), conditions=tuple(conditions),
@@ -403,6 +410,65 @@ class Compiler:
         if len(self.problems) > before:
             return None
         return ActivityDefinition(ad["url"], ad.get("version"), ad["kind"], ad, tuple(dynamic), artifact.file)
+
+    def _suppression(self, action: dict, element: str, names: frozenset[str]) -> Suppression | None:
+        """The repeat-suppression extension (docs/feedback.md#repeat-suppression), checked here."""
+        url = f"{self.base}/StructureDefinition/repeat-suppression"
+        found = [(i, e) for i, e in enumerate(action.get("extension") or []) if e.get("url") == url]
+        if not found:
+            return None
+        i, ext = found[0]
+        where = f"{element}.extension[{i}]"
+        if len(found) > 1:
+            self._problem(f"{element}.extension[{found[1][0]}]", "repeat-suppression is given twice")
+        before = len(self.problems)
+        days: dict[str, float] = {}
+        reasons: list[tuple[str | None, str, float]] = []
+        expressions: dict[str, fhirpath.Expression | None] = {}
+        for j, part in enumerate(ext.get("extension") or []):
+            at = f"{where}.extension[{j}]"
+            name = part.get("url")
+            if name in ("afterOverrideDays", "afterAcceptDays"):
+                value = part.get("valueInteger")
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    self._problem(f"{at}.valueInteger", f"{name} must be a whole number of days, 0 or more")
+                else:
+                    days[name] = value
+            elif name == "afterOverrideReason":
+                inner = {p.get("url"): p for p in part.get("extension") or []}
+                coding = (inner.get("reason") or {}).get("valueCoding") or {}
+                value = (inner.get("days") or {}).get("valueInteger")
+                if not coding.get("code"):
+                    self._problem(f"{at}.extension", "afterOverrideReason needs a reason (valueCoding with a code)")
+                elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    self._problem(f"{at}.extension", "afterOverrideReason needs days (valueInteger, 0 or more)")
+                else:
+                    reasons.append((coding.get("system"), coding["code"], value))
+            elif name in ("fingerprint", "notBeyond"):
+                raw = part.get("valueExpression")
+                if not isinstance(raw, dict) or not raw.get("expression"):
+                    self._problem(f"{at}.valueExpression", f"{name} must be a FHIRPath valueExpression")
+                else:
+                    expressions[name] = self.expression(raw, f"{at}.valueExpression", names)
+            else:
+                self._problem(f"{at}.url", f"unknown repeat-suppression part '{name}' (afterOverrideDays, "
+                              "afterOverrideReason, afterAcceptDays, fingerprint, notBeyond)")
+        for required in ("afterOverrideDays", "afterAcceptDays"):
+            if required not in days and len(self.problems) == before:
+                self._problem(f"{where}.extension", f"repeat-suppression needs {required}")
+        if "patient-view" not in self._hooks_of(action):
+            self._problem(where, "repeat-suppression applies to patient-view cards only (R-6): this action has no "
+                          "patient-view trigger")
+        if len(self.problems) > before:
+            return None
+        return Suppression(after_override_days=days["afterOverrideDays"], after_accept_days=days["afterAcceptDays"],
+                           reason_days=tuple(reasons), fingerprint=expressions.get("fingerprint"),
+                           not_beyond=expressions.get("notBeyond"), element=where)
+
+    @staticmethod
+    def _hooks_of(action: dict) -> set[str]:
+        hooks = {t.get("name") for t in action.get("trigger") or [] if t.get("type") == "named-event"}
+        return {h for h in hooks if h} or {"patient-view"}  # a member without triggers: its bundle's
 
     def _override_reasons(self, action: dict, element: str) -> list[dict]:
         url = f"{self.base}/StructureDefinition/override-reasons"
