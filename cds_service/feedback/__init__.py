@@ -23,11 +23,11 @@ from cds_service.feedback._db import (
     open_database,
     query,
 )
+from cds_service.feedback._keys import Keys, service_secret
+from cds_service.feedback._lookup import History
 from cds_service.feedback._report import as_json as report_json
 from cds_service.feedback._report import as_table as report_table
 from cds_service.feedback._report import build as build_report
-from cds_service.feedback._keys import Keys, service_secret
-from cds_service.feedback._lookup import History
 from cds_service.feedback._writer import Writer, open_history, open_writer
 
 __all__ = [

@@ -42,7 +42,6 @@ from cds_service.knowledge._model import (
     ActivityDefinition,
     Artifact,
     CardAction,
-    Suppression,
     Citation,
     CodeFilter,
     Condition,
@@ -51,6 +50,7 @@ from cds_service.knowledge._model import (
     Plan,
     Service,
     SuggestionAction,
+    Suppression,
     Variable,
 )
 from cds_service.knowledge._paths import path_problem

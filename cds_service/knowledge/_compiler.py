@@ -18,7 +18,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from cds_service import fhirpath
 from cds_service.errors import Problem
 from cds_service.knowledge._model import (
-    Suppression,
     HOOKS,
     INDICATOR,
     INDICATOR_RANK,
@@ -32,6 +31,7 @@ from cds_service.knowledge._model import (
     DateFilter,
     Plan,
     SuggestionAction,
+    Suppression,
     Variable,
 )
 from cds_service.knowledge._paths import path_problem

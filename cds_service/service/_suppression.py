@@ -205,8 +205,9 @@ def _order_sign(result: PlanResult, repeat: Repeat, now: dt.datetime) -> Decisio
             previous = set(json.loads(entry["row"].get("trigger_orders") or "[]"))
             if (entry["overridden"] is not None and current <= previous
                     and order_fingerprint(sorted(entry["codes"])) == fingerprint):
-                until = parse_time(entry["row"]["issued_at"]) + dt.timedelta(hours=repeat.order_hours)  # type: ignore[operator]
-                if now < until:
+                issued = parse_time(entry["row"]["issued_at"])
+                until = (issued or now) + dt.timedelta(hours=repeat.order_hours)
+                if issued is not None and now < until:
                     decision.decisions[card.code] = _entry(card.code, "O-1", entry["overridden"], entry["row"], until)
                     break
     return decision

@@ -11,8 +11,8 @@ from flask import Flask
 from flask_cors import CORS
 
 from cds_service import config, feedback, fhirpath, knowledge, ops, security
-from cds_service.errors import ConfigurationError
 from cds_service.data import FetchSettings, RequestsTransport, Transport
+from cds_service.errors import ConfigurationError
 from cds_service.feedback import open_writer
 from cds_service.knowledge import KnowledgeBase
 from cds_service.web import (
