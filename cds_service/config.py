@@ -87,6 +87,7 @@ class Settings:
     # Repeat suppression (docs/feedback.md#repeat-suppression): the HMAC key of the patient,
     # user and encounter keys; the production server refuses to start without it.
     service_secret: str = ""
+    repeat_suppression: bool = True  # false: every card on every call (scenario runs, demos)
     suppression_timeout: float = 0.05  # seconds the look-up may take; then fail open
     suppress_scope: str = "patient"  # or "patient+user"
     ignored_repeat_hours: float = 24.0  # a card never acted on comes back after this

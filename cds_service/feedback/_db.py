@@ -265,12 +265,17 @@ def purge_cards(db: Database, cur: Any, before: str, limit: int) -> int:
 # member row of this patient's cards issued, or with feedback given, since the longest window,
 # with the feedback per member (B-0.8, the view feedback_members) and its time.
 HISTORY = (
-    "SELECT m.member_code AS code, m.fingerprint, m.indicator, c.card_uuid, c.hook, c.user_key,"
-    " c.encounter_key, c.trigger_orders, c.issued_at, f.outcome, f.outcome_timestamp,"
-    " f.override_system, f.override_code"
+    "SELECT m.member_code AS code, m.fingerprint, m.indicator, c.card_uuid, c.code AS card_code, c.hook,"
+    " c.user_key, c.encounter_key, c.trigger_orders, c.issued_at, f.outcome, f.outcome_timestamp,"
+    " f.override_system, f.override_code,"
+    # B-0.8: an accept counts for the members whose suggestions were accepted (a card of one member: it)
+    " CASE WHEN f.outcome = 'accepted' AND NOT EXISTS (SELECT 1 FROM issued_card_members o"
+    "   WHERE o.card_uuid = c.card_uuid AND o.member_code <> m.member_code) THEN 1"
+    " WHEN f.outcome = 'accepted' AND EXISTS (SELECT 1 FROM issued_suggestions s WHERE s.card_uuid = c.card_uuid"
+    "   AND s.member_code = m.member_code AND f.accepted_suggestions LIKE ? || s.suggestion_uuid || ?)"
+    " THEN 1 ELSE 0 END AS accepted_member"
     " FROM issued_cards c JOIN issued_card_members m ON m.card_uuid = c.card_uuid"
-    " LEFT JOIN feedback_members fm ON fm.card_uuid = c.card_uuid AND fm.code = m.member_code"
-    " LEFT JOIN feedback f ON f.idempotency_key = fm.idempotency_key"
+    " LEFT JOIN feedback f ON f.card_uuid = c.card_uuid"
     " WHERE c.patient_key = ? AND (c.issued_at >= ? OR f.outcome_timestamp >= ?)")
 
 
@@ -278,14 +283,20 @@ def history(db: Database, conn: Any, patient_key: str, since: dt.datetime, user_
             codes: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The rows repeat suppression decides on, for one patient (and user, scope patient+user)."""
     text = HISTORY
-    params: list[Any] = [patient_key, timestamp(since), since.strftime("%Y-%m-%d")]
+    # the LIKE's quotes and wildcards as parameters: a literal % would be a marker to psycopg
+    params: list[Any] = ['%"', '"%', patient_key, timestamp(since), since.strftime("%Y-%m-%d")]
     if user_key is not None:
         text += " AND c.user_key = ?"
         params.append(user_key)
     if codes:
         text += f" AND m.member_code IN ({', '.join('?' for _ in codes)})"
         params.extend(codes)
-    return query(db, conn, text, params)
+    rows = query(db, conn, text, params)
+    for row in rows:  # an accept of another member's suggestions is no feedback for this member
+        if row["outcome"] == "accepted" and not row.pop("accepted_member"):
+            row["outcome"] = row["outcome_timestamp"] = None
+        row.pop("accepted_member", None)
+    return rows
 
 
 def query(db: Database, conn: Any, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

@@ -100,7 +100,7 @@ def call_service(service_id: str) -> Response:
     now = current.clock()
     keys = call_keys(body)
     repeat = None
-    if keys is not None and current.history is not None:
+    if keys is not None and current.history is not None and current.settings.repeat_suppression:
         settings = current.settings
         repeat = Repeat(hook=keys.hook, patient=keys.patient, user=keys.user, encounter=keys.encounter,
                         trigger_orders=keys.trigger_orders, history=current.history.rows,
