@@ -343,3 +343,31 @@ def test_the_production_server_needs_the_service_secret(kb):
 
 def test_teclistamab_order_helper_is_a_draft():  # keeps the import honest for the order tests
     assert teclistamab_order()["status"] == "draft"
+
+
+def test_o3_a_critical_card_overridden_at_order_select_is_repeated_at_order_sign(backend, make_app):
+    sign = scenario("adm-2.yaml", "ADM-2 fires for a first-ever teclistamab dose at 1.5 mg/kg")
+    select = type(sign)(**{**sign.__dict__, "hook": "order-select"})
+    clock = Clock(sign.now)
+    app = make_app(backend, clock)
+    kb = web.state_of(app).kb
+
+    def run(s, hook):
+        body = scenario_request(s, kb.services[f"mm-tcell-{hook}"].prefetch)
+        body["context"]["encounterId"] = "enc-1"
+        body["prefetch"]["encounter"] = {"resourceType": "Encounter", "id": "enc-1", "status": "in-progress",
+                                         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                                   "code": "AMB"}}
+        if hook == "order-select":
+            body["context"]["selections"] = [f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                                             for e in body["context"]["draftOrders"]["entry"]]
+        response = app.test_client().post(f"/cds-services/mm-tcell-{hook}", json=body)
+        assert response.status_code == 200, response.get_json()
+        web.state_of(app).feedback.flush()
+        return {c["source"]["topic"]["code"]: c for c in response.get_json()["cards"]}
+
+    selected = run(select, "order-select")
+    assert selected["ADM-2"]["indicator"] == "critical"
+    give(app, selected["ADM-2"], "overridden", clock.moment, path="/cds-services/mm-tcell-order-select/feedback")
+    clock.moment = sign.now + HOUR
+    assert "ADM-2" in run(sign, "order-sign")
