@@ -84,6 +84,14 @@ class Settings:
     database_url: str = ""  # postgresql://... : feedback in PostgreSQL instead of SQLite
     feedback_queue_size: int = 10000  # writes waiting for the background writer
     issued_card_days: float = 365.0  # issued-card records older than this are deleted (0: kept forever)
+    # Repeat suppression (docs/feedback.md#repeat-suppression): the HMAC key of the patient,
+    # user and encounter keys; the production server refuses to start without it.
+    service_secret: str = ""
+    repeat_suppression: bool = True  # false: every card on every call (scenario runs, demos)
+    suppression_timeout: float = 0.05  # seconds the look-up may take; then fail open
+    suppress_scope: str = "patient"  # or "patient+user"
+    ignored_repeat_hours: float = 24.0  # a card never acted on comes back after this
+    order_repeat_hours: float = 12.0  # O-1: order-sign after an overridden order-select card
     feedback_wait: float = 0.8  # seconds a feedback POST waits for its commit, then 503 (a thread is held meanwhile)
     # Go-live gate (knowledge/_golive.py): treatment value sets a site accepts with no code or
     # only unverified codes, by id, or "all". Empty: the production server refuses to start

@@ -43,7 +43,7 @@ def kb():
 
 @pytest.fixture()
 def app(kb):
-    app = create_app({"explain_enabled": True}, kb=kb, clock=lambda: NOW)
+    app = create_app({"explain_enabled": True, "repeat_suppression": False}, kb=kb, clock=lambda: NOW)
     yield app
     web.state_of(app).feedback.close()
 

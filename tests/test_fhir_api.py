@@ -62,7 +62,7 @@ def test_site_overrides_are_what_is_served(tmp_path):
 
     from .support.harness import EXAMPLE_SITE
 
-    app = create_app({"site_dirs": (str(EXAMPLE_SITE),)})
+    app = create_app({"site_dirs": (str(EXAMPLE_SITE),), "repeat_suppression": False})
     try:
         served = app.test_client().get("/fhir/ValueSet", query_string={"url": f"{B}/ValueSet/talquetamab-site"}).get_json()
     finally:

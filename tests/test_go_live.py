@@ -83,7 +83,8 @@ def test_the_production_app_refuses_to_start_naming_each_value_set(kb):
 
 def test_accepted_explicitly_the_production_app_starts_and_logs_critical(kb, caplog):
     with caplog.at_level(logging.CRITICAL, logger="cds_service.web._health"):
-        app = create_app({"accept_unverified_treatment_codes": ("all",)}, kb=kb, clock=lambda: NOW, production=True)
+        app = create_app({"accept_unverified_treatment_codes": ("all",), "service_secret": "test-secret-0123456789"},
+                         kb=kb, clock=lambda: NOW, production=True)
     critical = [r for r in caplog.records if getattr(r, "event", None) == "go_live_accepted"]
     assert critical and critical[0].levelno == logging.CRITICAL
     assert set(critical[0].valueSets) == {"talquetamab", "linvoseltamab"}

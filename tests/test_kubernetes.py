@@ -459,6 +459,8 @@ def test_the_rendered_settings_secret_and_site_start_the_service(tmp_path):
         if "value" in variable:
             value = variable["value"]
             environment[name] = moved(value) if value.startswith("/") else value
+    secret_ref = env(c)["MM_CDS_SERVICE_SECRET"]["valueFrom"]["secretKeyRef"]  # the production server needs it
+    environment["MM_CDS_SERVICE_SECRET"] = one(resources, "Secret", secret_ref["name"])["stringData"][secret_ref["key"]]
     port = _free_port()
     environment.update(MM_CDS_HOST="127.0.0.1", MM_CDS_PORT=str(port), MM_CDS_WORKERS="1")  # loopback, one worker
     # No PostgreSQL in this test: the database URL stays unset (SQLite in the data directory).

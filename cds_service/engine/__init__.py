@@ -7,6 +7,7 @@ Public API:
     RequestData          the protocol of what an evaluation reads (the data layer builds it)
     PlanResult, CardResult, SuggestionResult, Outcome   results, for cards and the trace
                          (CardResult.members: a bundle's members evaluated; .codes: what it reports)
+    suppress(result, decisions)  leave out suppressed cards and bundle members (re-titles bundles)
     render(result) -> (cards, issued)                   CDS Hooks cards, and what to remember
     IssuedCard           one card issued (uuid, code, version, suggestions; members and the
                          member of each suggestion) for feedback
@@ -22,11 +23,12 @@ from cds_service.engine._evaluate import (
     PlanResult,
     SuggestionResult,
     evaluate,
+    suppress,
 )
 from cds_service.engine._trace import EXPLAIN_KEY
 from cds_service.engine._trace import build as build_trace
 
 __all__ = [
     "EXPLAIN_KEY", "CardResult", "IssuedCard", "Outcome", "PlanResult", "RequestData", "SuggestionResult",
-    "apply_activity", "build_trace", "evaluate", "render",
+    "apply_activity", "build_trace", "evaluate", "render", "suppress",
 ]

@@ -29,6 +29,9 @@ class IssuedCard:
     suggestions: tuple[str, ...]
     members: tuple[str, ...] = ()  # the recommendation codes the card reports (its extension)
     suggestion_members: tuple[tuple[str, str], ...] = ()  # (suggestion uuid, member code)
+    # per member: (code, data fingerprint, indicator), stored for repeat suppression
+    member_facts: tuple[tuple[str, str, str], ...] = ()
+    indicator: str = "info"
 
 
 def render(result: PlanResult) -> tuple[list[dict[str, Any]], list[IssuedCard]]:
@@ -49,6 +52,9 @@ def render(result: PlanResult) -> tuple[list[dict[str, Any]], list[IssuedCard]]:
                 suggestions=tuple(s["uuid"] for s in card.get("suggestions", [])),
                 members=tuple(fired.codes),
                 suggestion_members=tuple(owners),
+                member_facts=tuple((m.code, m.fingerprint, m.indicator) for m in
+                                   (fired.fired_members if fired.action.is_bundle else [fired])),
+                indicator=card.get("indicator", "info"),
             )
         )
     return cards, issued

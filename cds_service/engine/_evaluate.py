@@ -7,6 +7,7 @@ kept for the request. A condition fires its action only when it evaluates to exa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,13 @@ class CardResult:
     indicator: str = "info"  # the action's, or its dynamic priority's
     prefix: str | None = None  # a member's heading in its bundle's detail
     members: list[CardResult] = field(default_factory=list)  # a bundle's members evaluated (empty when its conditions failed)
+    # Repeat suppression (RECOMMENDATIONS-v2 2.4): the data fingerprint (JSON text of the
+    # fingerprint expression's value; "" without one), the notBeyond moment if any, and,
+    # once the service has decided, why the card (or member) was left out.
+    fingerprint: str = ""
+    not_beyond: str | None = None
+    suppressed: dict[str, Any] | None = None
+    env: Environment | None = field(default=None, repr=False, compare=False)
 
     @property
     def code(self) -> str:
@@ -57,7 +65,7 @@ class CardResult:
 
     @property
     def fired_members(self) -> list[CardResult]:
-        return [m for m in self.members if m.fired]
+        return [m for m in self.members if m.fired and m.suppressed is None]
 
     @property
     def codes(self) -> list[str]:
@@ -72,10 +80,11 @@ class PlanResult:
     variables: dict[str, Outcome]
     notes: list[str]
     unmatched: set[tuple[str | None, str]]
+    run: Any = field(default=None, repr=False, compare=False)  # the evaluation, for suppress()
 
     @property
     def fired(self) -> list[CardResult]:
-        return [c for c in self.cards if c.fired]
+        return [c for c in self.cards if c.fired and c.suppressed is None]
 
 
 class _Run:
@@ -165,7 +174,48 @@ def evaluate(
     if explain:
         for name in run.env.lazy:
             run.env[name]  # noqa: B018 - the trace shows every variable, used or not
-    return PlanResult(plan, cards, run.variables, run.scope.notes, run.scope.unmatched)
+    return PlanResult(plan, cards, run.variables, run.scope.notes, run.scope.unmatched, run)
+
+
+def suppress(result: PlanResult, decisions: dict[str, dict[str, Any]]) -> None:
+    """Leave out the cards and bundle members whose code the service decided to suppress
+    (`decisions`: code -> what the trace says). A bundle keeps its remaining members, its
+    summary and detail computed again from them; with none left it is not issued."""
+    run: _Run = result.run
+    for card in result.cards:
+        if not card.fired or card.suppressed is not None:
+            continue
+        if not card.action.is_bundle or card.code in decisions:
+            card.suppressed = decisions.get(card.code)
+            continue
+        before = [m.code for m in card.fired_members]
+        for member in card.fired_members:
+            member.suppressed = decisions.get(member.code)
+        remaining = [m.code for m in card.fired_members]
+        if not remaining:
+            card.suppressed = {"members": before}
+        elif remaining != before and card.env is not None:
+            card.title, card.description = card.action.title, card.action.description
+            _dynamic(run, card.action, Environment({"bundleMembers": remaining}, {}, parent=card.env), card,
+                     bool(card.action.override_reasons))
+
+
+def _fingerprint(run: _Run, card: CardResult, env: Environment) -> None:
+    rule = card.action.suppression
+    if rule is None:
+        return
+    for name, expr in (("fingerprint", rule.fingerprint), ("not_beyond", rule.not_beyond)):
+        if expr is None:
+            continue
+        try:
+            value = plain(run.evaluator.run(expr, env))
+        except EvaluationError as exc:
+            card.outcomes.append(Outcome(f"{rule.element}.{name}", expr.source, error=str(exc)))
+            value = None
+        if name == "fingerprint":
+            card.fingerprint = json.dumps(value, sort_keys=True, default=str)
+        elif value:
+            card.not_beyond = str(value[0])
 
 
 def _passes(run: _Run, conditions: tuple[Condition, ...], env: Environment, outcomes: list[Outcome]) -> bool:
@@ -189,11 +239,14 @@ def _card(run: _Run, action: CardAction, parent: Environment | None = None,
         result.outcomes.append(Outcome(action.element, "armed-by", note="not armed: " + "; ".join(action.unarmed)))
         return result
     env = run.action_env(action, parent)
+    result.env = env
     if not _passes(run, action.conditions, env, result.outcomes):
         return result
     if action.is_bundle:
         return _bundle(run, action, env, result)
     result.fired = True
+    if parent is None:  # a member's: once its bundle knows which members fired
+        _fingerprint(run, result, env)
     _dynamic(run, action, env, result, bool(action.override_reasons) or reasons_above)
     for suggestion in action.suggestions:
         outcomes: list[Outcome] = []
@@ -213,8 +266,13 @@ def _bundle(run: _Run, action: CardAction, env: Environment, result: CardResult)
     if not fired:
         return result
     result.fired = True
-    _dynamic(run, action, Environment({"bundleMembers": fired}, {}, parent=env), result, reasons)
+    with_members = Environment({"bundleMembers": fired}, {}, parent=env)
+    _dynamic(run, action, with_members, result, reasons)
+    _fingerprint(run, result, with_members)
+    for member in result.fired_members:  # a member's fingerprint may name the set fired (%bundleMembers)
+        _fingerprint(run, member, Environment({"bundleMembers": fired}, {}, parent=member.env or env))
     return result
+
 
 
 def _dynamic(run: _Run, action: CardAction, env: Environment, result: CardResult, has_reasons: bool) -> None:

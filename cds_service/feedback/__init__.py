@@ -6,10 +6,15 @@ Public API:
     open_database(url) -> Database       SqliteDatabase or PostgresDatabase, migrated
     card_rows(...), feedback_rows(...)   rows from an issued card / a feedback body
     CardRow, FeedbackRow, query(db, sql)
+    Keys(secret), service_secret(settings, production)   HMAC keys of patient, user, encounter, orders
+    CallKeys                             a call's keys, stored with its cards (B-0.7)
+    open_history(settings) -> History    repeat suppression's look-up (.rows), with its timeout
     build_report(db), report_json(reports), report_table(reports)   the feedback report
 """
 
 from cds_service.feedback._db import (
+    SCHEMA_VERSION,
+    CallKeys,
     CardRow,
     Database,
     FeedbackRow,
@@ -18,12 +23,15 @@ from cds_service.feedback._db import (
     open_database,
     query,
 )
+from cds_service.feedback._keys import Keys, service_secret
+from cds_service.feedback._lookup import History
 from cds_service.feedback._report import as_json as report_json
 from cds_service.feedback._report import as_table as report_table
 from cds_service.feedback._report import build as build_report
-from cds_service.feedback._writer import Writer, open_writer
+from cds_service.feedback._writer import Writer, open_history, open_writer
 
 __all__ = [
+    "SCHEMA_VERSION", "CallKeys", "History", "Keys", "open_history", "service_secret",
     "CardRow", "Database", "FeedbackRow", "Writer", "build_report", "card_rows", "feedback_rows", "open_database",
     "open_writer", "query", "report_json", "report_table",
 ]

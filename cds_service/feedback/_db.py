@@ -97,7 +97,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                           WHERE s.card_uuid = f.card_uuid AND s.member_code = m.code
                             AND f.accepted_suggestions LIKE '%"' || s.suggestion_uuid || '"%')""",
     ),
+    (  # version 4, B-0.7: for whom (keyed hashes, never the identifiers), on which hook, with which
+        # data fingerprint and indicator per member: what repeat suppression reads. Rows of
+        # version 3 keep working (NULL keys: never matched, so never suppress anything).
+        "ALTER TABLE issued_cards ADD COLUMN hook TEXT",
+        "ALTER TABLE issued_cards ADD COLUMN patient_key TEXT",
+        "ALTER TABLE issued_cards ADD COLUMN user_key TEXT",
+        "ALTER TABLE issued_cards ADD COLUMN encounter_key TEXT",
+        "ALTER TABLE issued_cards ADD COLUMN trigger_orders TEXT",  # JSON list of keyed draft order ids
+        "ALTER TABLE issued_cards ADD COLUMN indicator TEXT",
+        "ALTER TABLE issued_card_members ADD COLUMN fingerprint TEXT",
+        "ALTER TABLE issued_card_members ADD COLUMN indicator TEXT",
+        "CREATE INDEX issued_cards_patient ON issued_cards (patient_key, issued_at)",
+    ),
 )
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,24 @@ class CardRow:
     issued_at: str
     members: tuple[str, ...] = ()  # the codes the card reports (a bundle: its fired members)
     suggestion_members: tuple[tuple[str, str], ...] = ()  # (suggestion uuid, member code)
+    hook: str | None = None
+    patient_key: str | None = None  # HMAC keys (feedback/_keys.py), never the identifiers
+    user_key: str | None = None
+    encounter_key: str | None = None
+    trigger_orders: tuple[str, ...] = ()  # keyed draft order ids that triggered the card (O-1)
+    indicator: str | None = None
+    member_facts: tuple[tuple[str, str, str], ...] = ()  # (member code, fingerprint, indicator)
+
+
+@dataclass(frozen=True)
+class CallKeys:
+    """Who a call is for, as keyed hashes (B-0.7)."""
+
+    hook: str
+    patient: str
+    user: str
+    encounter: str | None
+    trigger_orders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,10 +173,15 @@ def timestamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def card_rows(service_id: str, hook_instance: str, issued: Sequence[IssuedCard], now: dt.datetime) -> list[CardRow]:
+def card_rows(service_id: str, hook_instance: str, issued: Sequence[IssuedCard], now: dt.datetime,
+              keys: CallKeys | None = None) -> list[CardRow]:
     return [CardRow(card_uuid=c.uuid, service_id=service_id, hook_instance=hook_instance, code=c.code,
                     plan_url=c.plan_url, plan_version=c.plan_version, suggestions=c.suggestions,
-                    issued_at=timestamp(now), members=c.members, suggestion_members=c.suggestion_members)
+                    issued_at=timestamp(now), members=c.members, suggestion_members=c.suggestion_members,
+                    hook=keys.hook if keys else None, patient_key=keys.patient if keys else None,
+                    user_key=keys.user if keys else None, encounter_key=keys.encounter if keys else None,
+                    trigger_orders=keys.trigger_orders if keys else (), indicator=c.indicator,
+                    member_facts=c.member_facts)
             for c in issued]
 
 
@@ -180,15 +217,20 @@ def migrate(db: Database, conn: Any) -> int:
 def insert_cards(db: Database, cur: Any, rows: Sequence[CardRow]) -> None:
     statement = db.sql(
         "INSERT INTO issued_cards (card_uuid, service_id, hook_instance, code, plan_url, plan_version, suggestions,"
-        " issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING")
-    members = db.sql("INSERT INTO issued_card_members (card_uuid, member_code) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        " issued_at, hook, patient_key, user_key, encounter_key, trigger_orders, indicator)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING")
+    members = db.sql("INSERT INTO issued_card_members (card_uuid, member_code, fingerprint, indicator)"
+                     " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
     owners = db.sql("INSERT INTO issued_suggestions (card_uuid, suggestion_uuid, member_code) VALUES (?, ?, ?)"
                     " ON CONFLICT DO NOTHING")
     for r in rows:
         cur.execute(statement, (r.card_uuid, r.service_id, r.hook_instance, r.code, r.plan_url, r.plan_version,
-                                json.dumps(list(r.suggestions)), r.issued_at))
+                                json.dumps(list(r.suggestions)), r.issued_at, r.hook, r.patient_key, r.user_key,
+                                r.encounter_key, json.dumps(list(r.trigger_orders)), r.indicator))
+        facts = {code: (fingerprint, indicator) for code, fingerprint, indicator in r.member_facts}
         for code in dict.fromkeys(r.members or (r.code,)):
-            cur.execute(members, (r.card_uuid, code))
+            fingerprint, indicator = facts.get(code, (None, r.indicator))
+            cur.execute(members, (r.card_uuid, code, fingerprint, indicator))
         for suggestion, code in r.suggestion_members:
             cur.execute(owners, (r.card_uuid, suggestion, code))
 
@@ -217,6 +259,44 @@ def purge_cards(db: Database, cur: Any, before: str, limit: int) -> int:
         cur.execute(db.sql(f"DELETE FROM {table} WHERE card_uuid IN {oldest}"), (before,))
     cur.execute(db.sql(f"DELETE FROM issued_cards WHERE card_uuid IN {oldest}"), (before,))
     return max(cur.rowcount, 0)
+
+
+# Repeat suppression's one look-up per call (service/_suppression.py applies the rules): every
+# member row of this patient's cards issued, or with feedback given, since the longest window,
+# with the feedback per member (B-0.8, the view feedback_members) and its time.
+HISTORY = (
+    "SELECT m.member_code AS code, m.fingerprint, m.indicator, c.card_uuid, c.code AS card_code, c.hook,"
+    " c.user_key, c.encounter_key, c.trigger_orders, c.issued_at, f.outcome, f.outcome_timestamp,"
+    " f.override_system, f.override_code,"
+    # B-0.8: an accept counts for the members whose suggestions were accepted (a card of one member: it)
+    " CASE WHEN f.outcome = 'accepted' AND NOT EXISTS (SELECT 1 FROM issued_card_members o"
+    "   WHERE o.card_uuid = c.card_uuid AND o.member_code <> m.member_code) THEN 1"
+    " WHEN f.outcome = 'accepted' AND EXISTS (SELECT 1 FROM issued_suggestions s WHERE s.card_uuid = c.card_uuid"
+    "   AND s.member_code = m.member_code AND f.accepted_suggestions LIKE ? || s.suggestion_uuid || ?)"
+    " THEN 1 ELSE 0 END AS accepted_member"
+    " FROM issued_cards c JOIN issued_card_members m ON m.card_uuid = c.card_uuid"
+    " LEFT JOIN feedback f ON f.card_uuid = c.card_uuid"
+    " WHERE c.patient_key = ? AND (c.issued_at >= ? OR f.outcome_timestamp >= ?)")
+
+
+def history(db: Database, conn: Any, patient_key: str, since: dt.datetime, user_key: str | None = None,
+            codes: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows repeat suppression decides on, for one patient (and user, scope patient+user)."""
+    text = HISTORY
+    # the LIKE's quotes and wildcards as parameters: a literal % would be a marker to psycopg
+    params: list[Any] = ['%"', '"%', patient_key, timestamp(since), since.strftime("%Y-%m-%d")]
+    if user_key is not None:
+        text += " AND c.user_key = ?"
+        params.append(user_key)
+    if codes:
+        text += f" AND m.member_code IN ({', '.join('?' for _ in codes)})"
+        params.extend(codes)
+    rows = query(db, conn, text, params)
+    for row in rows:  # an accept of another member's suggestions is no feedback for this member
+        if row["outcome"] == "accepted" and not row.pop("accepted_member"):
+            row["outcome"] = row["outcome_timestamp"] = None
+        row.pop("accepted_member", None)
+    return rows
 
 
 def query(db: Database, conn: Any, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ from cds_service.knowledge._model import (
     Plan,
     Service,
     SuggestionAction,
+    Suppression,
     Variable,
 )
 from cds_service.knowledge._paths import path_problem
@@ -73,7 +74,7 @@ from cds_service.knowledge._terminology import (
 __all__ = [
     "EXT_GO_LIVE", "GateItem", "GateStatus", "gate_status", "gate_text", "Unarmed", "unarmed", "unarmed_text",
     "INDICATOR", "INDICATOR_RANK", "MEDICATION_RECORD_TYPES", "RECOMMENDATIONS_KEY",
-    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "Citation", "CodeFilter", "Condition",
+    "KINDS", "NDC", "PATIENT_PARAM", "ActivityDefinition", "Artifact", "CardAction", "Suppression", "Citation", "CodeFilter", "Condition",
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",
     "TemplateError", "Terminology", "Variable", "build_template", "catalogue_html", "catalogue_markdown",
     "catalogue_table_html", "check_template", "counts", "element_path_segments", "entries", "load", "ndc_product", "path_problem", "readme_is_fresh",

@@ -32,6 +32,7 @@ from cds_service.knowledge._model import (
     DateFilter,
     Plan,
     SuggestionAction,
+    Suppression,
     Variable,
 )
 from cds_service.knowledge._paths import path_problem
@@ -229,9 +230,11 @@ class Compiler:
         citations = self._citations(action, element)
         armed_by = self._armed_by(action, element)
         self._pending_arming[element] = self._not_armed_for(action, element)
+        suppression = self._suppression(action, element, frozenset(local) | (BUNDLE_NAMES if bundle else frozenset()))
         if len(self.problems) > before:
             return None
         return CardAction(
+            suppression=suppression,
             code=code, title=str(title), description=action.get("description"),
             indicator=INDICATOR[priority], hooks=frozenset(hooks), variables=tuple(variables),
             conditions=tuple(conditions), dynamic=tuple(dynamic), suggestions=tuple(suggestions),
@@ -277,9 +280,13 @@ class Compiler:
                           f"have suggestions (was {selection or 'not given'})")
         citations = self._citations(action, element)
         self._pending_arming[element] = self._not_armed_for(action, element)
+        suppression = self._suppression(action, element, frozenset(local) | BUNDLE_NAMES)
+        if suppression is not None:  # the bundle's windows apply to each member (R-5) lacking its own
+            members = [m if m.suppression else replace(m, suppression=suppression) for m in members]
         if len(self.problems) > before:
             return None
         return CardAction(
+            suppression=suppression,
             code=code, title=str(title), description=action.get("description"),
             indicator=max((m.indicator for m in members), key=INDICATOR_RANK.__getitem__),
             hooks=frozenset(hooks), variables=tuple(variables), conditions=tuple(conditions),
@@ -453,6 +460,59 @@ class Compiler:
             return replace(action, not_armed_for=tuple(names))
         members = tuple(settle(m) for m in card.members)
         return replace(settle(card), members=members) if card.members else settle(card)
+
+    def _suppression(self, action: dict, element: str, names: frozenset[str]) -> Suppression | None:
+        """The repeat-suppression extension (docs/feedback.md#repeat-suppression), checked here."""
+        url = f"{self.base}/StructureDefinition/repeat-suppression"
+        found = [(i, e) for i, e in enumerate(action.get("extension") or []) if e.get("url") == url]
+        if not found:
+            return None
+        i, ext = found[0]
+        where = f"{element}.extension[{i}]"
+        if len(found) > 1:
+            self._problem(f"{element}.extension[{found[1][0]}]", "repeat-suppression is given twice")
+        before = len(self.problems)
+        days: dict[str, float] = {}
+        reasons: list[tuple[str | None, str, float]] = []
+        expressions: dict[str, fhirpath.Expression | None] = {}
+        for j, part in enumerate(ext.get("extension") or []):
+            at = f"{where}.extension[{j}]"
+            name = part.get("url")
+            if name in ("afterOverrideDays", "afterAcceptDays"):
+                value = part.get("valueInteger")
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    self._problem(f"{at}.valueInteger", f"{name} must be a whole number of days, 0 or more")
+                else:
+                    days[name] = value
+            elif name == "afterOverrideReason":
+                inner = {p.get("url"): p for p in part.get("extension") or []}
+                coding = (inner.get("reason") or {}).get("valueCoding") or {}
+                value = (inner.get("days") or {}).get("valueInteger")
+                if not coding.get("code"):
+                    self._problem(f"{at}.extension", "afterOverrideReason needs a reason (valueCoding with a code)")
+                elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    self._problem(f"{at}.extension", "afterOverrideReason needs days (valueInteger, 0 or more)")
+                else:
+                    reasons.append((coding.get("system"), coding["code"], value))
+            elif name in ("fingerprint", "notBeyond"):
+                raw = part.get("valueExpression")
+                if not isinstance(raw, dict) or not raw.get("expression"):
+                    self._problem(f"{at}.valueExpression", f"{name} must be a FHIRPath valueExpression")
+                else:
+                    expressions[name] = self.expression(raw, f"{at}.valueExpression", names)
+            else:
+                self._problem(f"{at}.url", f"unknown repeat-suppression part '{name}' (afterOverrideDays, "
+                              "afterOverrideReason, afterAcceptDays, fingerprint, notBeyond)")
+        for required in ("afterOverrideDays", "afterAcceptDays"):
+            if required not in days and len(self.problems) == before:
+                self._problem(f"{where}.extension", f"repeat-suppression needs {required}")
+        # At order hooks the extension does nothing (R-6: chart feedback never suppresses an
+        # order card), so an entry shared by both services carries it identically.
+        if len(self.problems) > before:
+            return None
+        return Suppression(after_override_days=days["afterOverrideDays"], after_accept_days=days["afterAcceptDays"],
+                           reason_days=tuple(reasons), fingerprint=expressions.get("fingerprint"),
+                           not_beyond=expressions.get("notBeyond"), element=where)
 
     def _override_reasons(self, action: dict, element: str) -> list[dict]:
         url = f"{self.base}/StructureDefinition/override-reasons"

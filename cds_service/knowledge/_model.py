@@ -114,6 +114,30 @@ class SuggestionAction:
 
 
 @dataclass(frozen=True)
+class Suppression:
+    """Repeat suppression of a chart card (extension repeat-suppression, RECOMMENDATIONS-v2
+    2.4): windows after an override (per reason where given) and after an accept, the
+    data fingerprint that resets them, and the moment no override may reach beyond."""
+
+    after_override_days: float
+    after_accept_days: float
+    reason_days: tuple[tuple[str | None, str, float], ...] = ()  # (system, code, days)
+    fingerprint: Expression | None = None
+    not_beyond: Expression | None = None
+    element: str = ""
+
+    def override_days(self, system: str | None, code: str | None) -> float:
+        for s, c, days in self.reason_days:
+            if c == code and (s is None or system is None or s == system):
+                return days
+        return self.after_override_days
+
+    @property
+    def longest_days(self) -> float:
+        return max([self.after_override_days, self.after_accept_days, *(d for _, _, d in self.reason_days)])
+
+
+@dataclass(frozen=True)
 class CardAction:
     """A top-level action: one card, identified by its recommendation code.
 
@@ -139,6 +163,7 @@ class CardAction:
     prefix: str | None = None  # a member's heading in its bundle's detail ("Review"); None: none
     unarmed: tuple[str, ...] = ()  # D-11: why the rule is not armed (it never fires); () armed
     not_armed_for: tuple[str, ...] = ()  # D-11: names it is not armed for (it fires for the others)
+    suppression: Suppression | None = None  # chart repeat suppression (a bundle's: per member, R-5)
 
     @property
     def is_bundle(self) -> bool:

@@ -38,6 +38,10 @@ REQUESTS = Counter("mm_cds_requests", "HTTP requests answered", ["endpoint", "se
 LATENCY = Histogram("mm_cds_request_seconds", "Time to answer a request", ["endpoint", "service"],
                     buckets=LATENCY_BUCKETS)
 CARDS = Counter("mm_cds_cards", "Cards issued, by service and recommendation code", ["service", "code"])
+SUPPRESSED = Counter("mm_cds_suppressed_cards", "Cards (bundle members) left out by repeat suppression, by code",
+                     ["service", "code"])
+SUPPRESSION_UNAVAILABLE = Counter("mm_cds_suppression_unavailable", "Calls whose suppression look-up failed open",
+                                  ["service"])
 FETCHES = Counter("mm_cds_fhir_fetches", "Prefetch keys fetched from fhirServer, by outcome", ["outcome"])
 FETCH_LATENCY = Histogram("mm_cds_fhir_fetch_seconds", "Time to fetch one prefetch key (all its pages)",
                           buckets=FETCH_BUCKETS)
@@ -86,6 +90,10 @@ def observe_request(endpoint: str, status: int, record: RequestRecord) -> None:
         ERRORS.labels(str(status)).inc()
     for code in record.codes or ():
         CARDS.labels(record.service, code).inc()
+    for code in record.suppressed or ():
+        SUPPRESSED.labels(record.service, code).inc()
+    if record.suppression:
+        SUPPRESSION_UNAVAILABLE.labels(record.service).inc()
     if record.dropped:
         ERRORS.labels("card_dropped").inc(record.dropped)
     for fetch in record.fetches:

@@ -12,7 +12,9 @@ from cds_service.data import FetchRecord, FetchSettings, assemble
 from cds_service.engine import IssuedCard, evaluate, render
 from cds_service.errors import DataUnavailable, InvalidRequest
 from cds_service.knowledge import KnowledgeBase, Service
+from cds_service.service import _suppression as suppression
 from cds_service.service import _validation as validation
+from cds_service.service._suppression import Repeat
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class HookOutcome:
     issued: list[IssuedCard] = field(default_factory=list)
     dropped: int = 0
     fetches: list[FetchRecord] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)  # codes left out by repeat suppression
+    suppression_note: str | None = None  # "suppression store unavailable": failed open
 
 
 def check_request(service: Service, body: Any) -> None:
@@ -52,6 +56,7 @@ def call(
     now: dt.datetime,
     fetch: FetchSettings,
     explain: bool = False,
+    repeat: Repeat | None = None,
 ) -> HookOutcome:
     check_request(service, body)
     try:
@@ -59,6 +64,9 @@ def call(
     except DataUnavailable as exc:
         raise without_network_details(exc) from None
     result = evaluate(service.plan, assembled.data, kb.terminology, explain)
+    decided = suppression.decide(result, repeat, now) if repeat is not None else suppression.Decision()
+    if decided.decisions:
+        engine.suppress(result, decided.decisions)
     cards, issued = render(result)
     refused = validation.refused_cards(cards)
     kept, kept_issued = [], []
@@ -75,7 +83,10 @@ def call(
         response["extension"] = {engine.EXPLAIN_KEY: engine.build_trace(
             service.id, assembled.data, {k: r.as_dict() for k, r in assembled.reports.items()},
             assembled.raw, result, kb.terminology)}
-    return HookOutcome(response, kept_issued, dropped=len(cards) - len(kept), fetches=assembled.fetches)
+        if repeat is not None:
+            response["extension"][engine.EXPLAIN_KEY]["suppression"] = decided.trace()
+    return HookOutcome(response, kept_issued, dropped=len(cards) - len(kept), fetches=assembled.fetches,
+                       suppressed=list(decided.decisions), suppression_note=decided.note)
 
 
 def without_network_details(exc: DataUnavailable) -> DataUnavailable:

@@ -29,6 +29,8 @@ class RequestRecord:
     authenticated: bool = False
     auth_refused: str | None = None
     feedback: dict[str, int] | None = None
+    suppressed: list[str] | None = None  # codes left out by repeat suppression
+    suppression: str | None = None  # "store unavailable" when the look-up failed open
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -37,7 +39,7 @@ class RequestRecord:
         """The request log's fields beyond method, route and status (set ones only)."""
         out: dict[str, Any] = {}
         for name in ("service", "hook", "hook_instance", "codes", "error_field", "client", "auth_refused",
-                     "feedback"):
+                     "feedback", "suppressed", "suppression"):
             value = getattr(self, name)
             if value:
                 out[name] = value

@@ -10,8 +10,9 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from cds_service import config, fhirpath, knowledge, ops, security, service
+from cds_service import config, feedback, fhirpath, knowledge, ops, security, service
 from cds_service.data import FetchSettings, RequestsTransport, Transport
+from cds_service.errors import ConfigurationError
 from cds_service.feedback import open_writer
 from cds_service.knowledge import KnowledgeBase
 from cds_service.web import (
@@ -53,7 +54,11 @@ def create_app(
     kb = kb or knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
     knowledge.settle(kb)
     _health.check_go_live(settings, kb, production)  # before the database and the thread pools open
+    secret = feedback.service_secret(settings, production)  # the production server stops without it
+    if settings.suppress_scope not in ("patient", "patient+user"):
+        raise ConfigurationError("setting suppress_scope (MM_CDS_SUPPRESS_SCOPE): must be patient or patient+user")
     writer = open_writer(settings)
+    history = feedback.open_history(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
     # The jti replay store is the service's database: shared by every worker and replica.
     guard = _auth.build_guard(security_config, security.open_replay_guard(settings))
@@ -75,6 +80,8 @@ def create_app(
         clock=clock or utc_now,
         security=guard,
         feedback=writer,
+        keys=feedback.Keys(secret),
+        history=history,
     ))
     CORS(
         app,

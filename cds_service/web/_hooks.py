@@ -10,9 +10,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from cds_service.errors import InvalidRequest, PayloadTooLarge, ServiceNotFound
-from cds_service.feedback import card_rows
+from cds_service.feedback import CallKeys, card_rows
 from cds_service.security import check_fhir_server, development_caller
-from cds_service.service import call
+from cds_service.service import Repeat, call
 from cds_service.web import _jsonio as jsonio
 from cds_service.web._auth import caller, may_explain
 from cds_service.web._request import record
@@ -98,11 +98,42 @@ def call_service(service_id: str) -> Response:
                           development_caller(config, request.remote_addr or "", request.headers))
     explain = current.settings.explain_enabled and _explain_requested() and may_explain()
     now = current.clock()
-    outcome = call(kb, service, body, now, current.fetch, explain)
+    keys = call_keys(body)
+    repeat = None
+    if keys is not None and current.history is not None and current.settings.repeat_suppression:
+        settings = current.settings
+        repeat = Repeat(hook=keys.hook, patient=keys.patient, user=keys.user, encounter=keys.encounter,
+                        trigger_orders=keys.trigger_orders, history=current.history.rows,
+                        scope=settings.suppress_scope, ignored_hours=settings.ignored_repeat_hours,
+                        order_hours=settings.order_repeat_hours)
+    outcome = call(kb, service, body, now, current.fetch, explain, repeat)
+    current_record.suppressed = outcome.suppressed or None
+    current_record.suppression = "store unavailable" if outcome.suppression_note else None
     # Per recommendation: a bundled card counts for each member it lists (metrics, the log).
     current_record.codes = [code for card in outcome.issued for code in card.members or (card.code,)]
     current_record.dropped = outcome.dropped
     current_record.fetches = outcome.fetches
     # Remembered off the request path (background writer) so feedback can be linked.
-    current.feedback.record_cards(card_rows(service.id, body["hookInstance"], outcome.issued, now))
+    current.feedback.record_cards(card_rows(service.id, body["hookInstance"], outcome.issued, now, keys))
     return jsonio.response(outcome.response)
+
+
+def call_keys(body: dict[str, Any]) -> CallKeys | None:
+    """The call's patient, user, encounter and trigger orders as keyed hashes (B-0.7); the
+    identifiers themselves are neither stored nor logged. The body has passed check_request."""
+    keys = state().keys
+    context = body.get("context") or {}
+    if keys is None or not isinstance(context.get("patientId"), str):
+        return None
+    server = body.get("fhirServer")
+    hook = body["hook"]
+    triggers: list[str] = []
+    if hook == "order-select":
+        triggers = [s for s in context.get("selections") or [] if isinstance(s, str)]
+    elif hook == "order-sign":
+        entries = (context.get("draftOrders") or {}).get("entry") or []
+        triggers = [f"{r.get('resourceType')}/{r.get('id')}" for e in entries if isinstance(r := e.get("resource"), dict)]
+    return CallKeys(hook=hook, patient=keys.patient(server, context["patientId"]),
+                    user=keys.user(str(context.get("userId") or "")),
+                    encounter=keys.encounter(server, context.get("encounterId")),
+                    trigger_orders=tuple(sorted(keys.order(t) for t in triggers)))

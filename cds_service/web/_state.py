@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from cds_service import config
 from cds_service.data import FetchSettings
-from cds_service.feedback import Writer
+from cds_service.feedback import History, Keys, Writer
 from cds_service.knowledge import KnowledgeBase
 from cds_service.web._guard import Guard
 
@@ -29,6 +29,8 @@ class State:
     clock: Clock
     security: Guard
     feedback: Writer
+    keys: Keys | None = None  # HMAC keys of the identifiers (B-0.7)
+    history: History | None = None  # repeat suppression's look-up
     master_pid: int | None = None  # set in a gunicorn master: workers signal it to reload
     openapi_json: str = ""  # the served description, built once at start-up
     openapi_yaml: str = ""

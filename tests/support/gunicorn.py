@@ -39,6 +39,7 @@ class Gunicorn:
         # code): the production server would refuse to start. These tests accept that with the
         # documented setting, explicitly; a test of the refusal passes accept_unverified_treatment_codes="".
         env["MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES"] = "all"
+        env.setdefault("MM_CDS_SERVICE_SECRET", "test-secret-0123456789abcdef")  # the production server needs one
         env.update({f"MM_CDS_{k.upper()}": v for k, v in settings.items()})
         env.update(MM_CDS_HOST="127.0.0.1", MM_CDS_PORT=str(self.port), TMPDIR=str(workdir), PYTHONUNBUFFERED="1")
         self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"

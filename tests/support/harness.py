@@ -65,7 +65,8 @@ class Harness:
         from cds_service import create_app
 
         self.clock = MutableClock()
-        self.app = create_app({"explain_enabled": True, "fetch_timeout": 5.0, "site_dirs": SITE_DIRS}, clock=self.clock)
+        self.app = create_app({"explain_enabled": True, "fetch_timeout": 5.0, "site_dirs": SITE_DIRS,
+                               "repeat_suppression": False}, clock=self.clock)
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.base = f"http://127.0.0.1:{self._server.server_port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

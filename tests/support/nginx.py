@@ -67,6 +67,7 @@ class Proxy:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MM_CDS_", "PROMETHEUS_", "GUNICORN_"))}
         env["MM_CDS_DATA_DIR"] = str(workdir / "data")
         env["MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES"] = "all"  # the go-live gate, as in gunicorn.py
+        env.setdefault("MM_CDS_SERVICE_SECRET", "test-secret-0123456789abcdef")  # the production server needs one
         env.update({f"MM_CDS_{k.upper()}": v for k, v in settings.items()})
         env.update(TMPDIR=str(workdir), PYTHONUNBUFFERED="1")
         self.run_dir = workdir / "run"
