@@ -299,7 +299,10 @@ def test_the_loader_posts_every_scenario_patient_and_the_service_fetches_them(tm
     ids = [r["id"] for b in target.posted for r in (e["resource"] for e in b["entry"])]
     assert len(ids) == len(set(ids)), "patients collide on a shared server"
     index = json.loads((tmp_path / "patients" / "index.json").read_text())
-    app = create_app({"site_dirs": scenarios.folder_site_dirs(folder)})
+    # The patients were moved to today; the scenarios' clock reads 12:00 UTC (D-2's "given in
+    # the last 6 hours" depends on the time of day), so the service's clock does too.
+    noon = dt.datetime.combine(dt.datetime.now(dt.timezone.utc).date(), dt.time(12), tzinfo=dt.timezone.utc)
+    app = create_app({"site_dirs": scenarios.folder_site_dirs(folder)}, clock=lambda: noon)
     client = app.test_client()
     fhir = FhirServer(target.store, token=None).__enter__()
     checked = 0

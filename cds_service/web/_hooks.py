@@ -120,19 +120,23 @@ def call_service(service_id: str) -> Response:
 
 def call_keys(body: dict[str, Any]) -> CallKeys | None:
     """The call's patient, user, encounter and trigger orders as keyed hashes (B-0.7); the
-    identifiers themselves are neither stored nor logged. The body has passed check_request."""
+    identifiers themselves are neither stored nor logged. Computed before the request is
+    checked (the call then refuses a malformed body with a 400), so nothing here trusts its shape."""
     keys = state().keys
-    context = body.get("context") or {}
-    if keys is None or not isinstance(context.get("patientId"), str):
+    context = body.get("context") if isinstance(body, dict) else None
+    if keys is None or not isinstance(context, dict) or not isinstance(context.get("patientId"), str):
         return None
-    server = body.get("fhirServer")
-    hook = body["hook"]
+    server = body.get("fhirServer") if isinstance(body.get("fhirServer"), str) else None
+    hook = body.get("hook")
+    if not isinstance(hook, str):
+        return None
     triggers: list[str] = []
-    if hook == "order-select":
-        triggers = [s for s in context.get("selections") or [] if isinstance(s, str)]
-    elif hook == "order-sign":
-        entries = (context.get("draftOrders") or {}).get("entry") or []
-        triggers = [f"{r.get('resourceType')}/{r.get('id')}" for e in entries if isinstance(r := e.get("resource"), dict)]
+    if hook == "order-select" and isinstance(context.get("selections"), list):
+        triggers = [s for s in context["selections"] if isinstance(s, str)]
+    elif hook == "order-sign" and isinstance(context.get("draftOrders"), dict):
+        entries = context["draftOrders"].get("entry")
+        triggers = [f"{r.get('resourceType')}/{r.get('id')}" for e in (entries if isinstance(entries, list) else [])
+                    if isinstance(e, dict) and isinstance(r := e.get("resource"), dict)]
     return CallKeys(hook=hook, patient=keys.patient(server, context["patientId"]),
                     user=keys.user(str(context.get("userId") or "")),
                     encounter=keys.encounter(server, context.get("encounterId")),
