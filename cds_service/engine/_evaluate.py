@@ -107,7 +107,8 @@ class _Run:
         outcome = Outcome(variable.element, variable.expression.source)
         try:
             value = self.evaluator.run(variable.expression, env)
-            outcome.value = _summary(value)
+            if self.explain:  # only the trace shows variable values
+                outcome.value = _summary(value)
         except EvaluationError as exc:
             value, outcome.error = [], str(exc)
         self.variables.setdefault(variable.name, outcome)
