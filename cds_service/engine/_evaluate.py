@@ -83,7 +83,7 @@ class _Run:
 
     def __init__(self, plan: Plan, data: RequestData, terminology: Terminology, explain: bool):
         self.plan, self.data, self.explain = plan, data, explain
-        self.scope = Scope(terminology=terminology, today=data.today, now=data.now)
+        self.scope = Scope(terminology=terminology, today=data.today, now=data.now, eager=explain)
         self.evaluator = Evaluator(self.scope, data.patient)
         self.variables: dict[str, Outcome] = {}
         base = {

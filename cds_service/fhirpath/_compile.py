@@ -181,7 +181,7 @@ class _Compiler:
 
         def logic(ctx: dict, data: Any) -> list:
             a = _make_param(ctx, data, left_type, left_node, left)
-            if a is decided:
+            if a is decided and not ctx.get("eager"):
                 return list(short)
             return util.arraify(fn(ctx, a, _make_param(ctx, data, right_type, right_node, right)))
 
