@@ -92,7 +92,7 @@ class _Run:
 
     def __init__(self, plan: Plan, data: RequestData, terminology: Terminology, explain: bool):
         self.plan, self.data, self.explain = plan, data, explain
-        self.scope = Scope(terminology=terminology, today=data.today, now=data.now)
+        self.scope = Scope(terminology=terminology, today=data.today, now=data.now, eager=explain)
         self.evaluator = Evaluator(self.scope, data.patient)
         self.variables: dict[str, Outcome] = {}
         base = {
@@ -116,7 +116,8 @@ class _Run:
         outcome = Outcome(variable.element, variable.expression.source)
         try:
             value = self.evaluator.run(variable.expression, env)
-            outcome.value = _summary(value)
+            if self.explain:  # only the trace shows variable values
+                outcome.value = _summary(value)
         except EvaluationError as exc:
             value, outcome.error = [], str(exc)
         self.variables.setdefault(variable.name, outcome)

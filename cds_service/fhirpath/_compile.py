@@ -19,6 +19,7 @@ from typing import Any
 
 from fhirpathpy.engine import do_eval, param_check_table, type_specifier, util
 from fhirpathpy.engine.evaluators import evaluators, member_invocation
+from fhirpathpy.engine.invocations import logic
 
 from cds_service.fhirpath._speedups import require_supported_fhirpathpy
 
@@ -29,6 +30,8 @@ _CONSTANT = ("StringLiteral", "NumberLiteral", "BooleanLiteral", "Identifier")
 _PASS_THROUGH = ("TermExpression", "InvocationTerm", "ParenthesizedTerm")
 _OPERATORS = ("InequalityExpression", "AdditiveExpression", "MultiplicativeExpression", "EqualityExpression",
               "OrExpression", "ImpliesExpression", "AndExpression", "XorExpression")
+_IMPLIES = logic.implies_op
+_SHORT_CIRCUIT = {"and": False, "or": True, "implies": False}  # the left value that decides the result
 
 
 def compile_ast(ast: dict, registry: dict[str, dict]) -> Compiled:
@@ -154,6 +157,8 @@ class _Compiler:
         fn, types = invocation["fn"], invocation["arity"][2]
         nullable = "nullable" in invocation
         params = self._params(node["children"])
+        if op in _SHORT_CIRCUIT:
+            return self._logic(fn, types, params, _SHORT_CIRCUIT[op])
 
         def infix(ctx: dict, data: Any) -> list:
             values = [ctx] + [_make_param(ctx, data, t, p, f) for t, (p, f) in zip(types, params, strict=False)]
@@ -162,6 +167,25 @@ class _Compiler:
             return util.arraify(fn(*values))
 
         return infix
+
+    @staticmethod
+    def _logic(fn: Callable, types: list, params: list[tuple[dict, Compiled]], decided: bool) -> Compiled:
+        """`and`, `or`, `implies`: the right operand is skipped once the left decides the result.
+
+        FHIRPath lets an implementation short-circuit these (spec 6.5): `false and X` is false,
+        `true or X` is true and `false implies X` is true whatever X is, empty included. Any
+        other left value (true, false or empty) needs the right operand, as fhirpathpy does.
+        """
+        (left_type, (left_node, left)), (right_type, (right_node, right)) = zip(types, params, strict=True)
+        short = [decided if fn is not _IMPLIES else True]
+
+        def logic(ctx: dict, data: Any) -> list:
+            a = _make_param(ctx, data, left_type, left_node, left)
+            if a is decided and not ctx.get("eager"):
+                return list(short)
+            return util.arraify(fn(ctx, a, _make_param(ctx, data, right_type, right_node, right)))
+
+        return logic
 
 
 def _make_param(ctx: dict, parent: Any, kind: Any, node: dict, compiled: Compiled) -> Any:

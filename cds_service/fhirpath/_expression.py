@@ -164,6 +164,7 @@ class Scope:
     now: dt.datetime | None = None  # the request's one clock; None: midnight UTC of `today`
     notes: list[str] = field(default_factory=list)
     unmatched: set[tuple[str | None, str]] = field(default_factory=set)
+    eager: bool = False  # and/or/implies evaluate both operands (the explain trace lists every variable read)
 
 
 _scope: contextvars.ContextVar[Scope] = contextvars.ContextVar("fhirpath_scope")
@@ -396,7 +397,7 @@ class Evaluator:
         try:
             constants.reset()
             ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
-                   "registry": _REGISTRY}
+                   "registry": _REGISTRY, "eager": self.scope.eager}
             if COMPILED and expr.compiled is not None:
                 return arraify(expr.compiled(ctx, self.root))
             return arraify(do_eval(ctx, self.root, expr.ast["children"][0]))

@@ -1,0 +1,53 @@
+"""Short-circuit `and`/`or`/`implies` and lazy `iif` cut the FHIRPath work of a call (issue 12).
+
+Counted, not timed: workload (a) of bench/workloads.py (a first teclistamab order, 9 cards)
+after warm-up runs at most RUNS_BOUND expressions per call (Evaluator.run, nested runs of
+lazy %variables included). Before the short-circuit it was 236 per call (bench/README.md
+profile, 47,200 runs for 200 calls); the bound leaves a little room for rule edits, and a
+return to eager operands (every right operand and its variables evaluated) exceeds it.
+The explain trace still evaluates every operand, so it lists the variables the
+interpreter would read (tests/test_fhirpath_speedups.py compares both).
+"""
+
+from __future__ import annotations
+
+from cds_service import service
+from cds_service.fhirpath import _expression
+
+from .test_card_check import busy, run, workloads  # noqa: F401 - the shared fixture
+
+RUNS_BOUND = 215  # 196 after the short-circuit (2026-12-02), 236 before
+
+
+def test_workload_a_runs_fewer_expressions_after_short_circuit(busy, monkeypatch):  # noqa: F811
+    run(busy, 2)
+    counted = {"runs": 0}
+    original = _expression.Evaluator.run
+
+    def counting(self, expr, env):
+        counted["runs"] += 1
+        return original(self, expr, env)
+
+    monkeypatch.setattr(_expression.Evaluator, "run", counting)
+    outcomes = run(busy, 3)
+    per_call = counted["runs"] / 3
+    print("runs per call", per_call)
+    assert all(len(o.response["cards"]) == 9 for o in outcomes)
+    assert per_call <= RUNS_BOUND
+
+
+def test_explain_still_evaluates_both_operands(busy, monkeypatch):  # noqa: F811
+    kb, svc, body, fetch = busy
+    counted = {"runs": 0}
+    original = _expression.Evaluator.run
+
+    def counting(self, expr, env):
+        counted["runs"] += 1
+        return original(self, expr, env)
+
+    monkeypatch.setattr(_expression.Evaluator, "run", counting)
+    service.call(kb, svc, body, workloads.NOW, fetch)
+    fast = counted["runs"]
+    counted["runs"] = 0
+    service.call(kb, svc, body, workloads.NOW, fetch, explain=True)
+    assert counted["runs"] > fast
