@@ -143,3 +143,11 @@ def postgres():
     cluster = PostgresCluster(require_binaries()).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request, tmp_path) -> dict:
+    """Settings naming a fresh, empty feedback database of each kind (SQLite, PostgreSQL)."""
+    if request.param == "sqlite":
+        return {"data_dir": str(tmp_path / "data")}
+    return {"database_url": request.getfixturevalue("postgres").new_database()}

@@ -218,13 +218,6 @@ def test_the_catalogue_shows_a_bundle_with_its_members(bkb):
 
 # -- feedback per member (SQLite and PostgreSQL) ------------------------------------------------
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def backend(request, tmp_path) -> dict:
-    if request.param == "sqlite":
-        return {"data_dir": str(tmp_path / "data")}
-    return {"database_url": request.getfixturevalue("postgres").new_database()}
-
-
 @pytest.fixture()
 def bundle_app(bkb):
     made = []

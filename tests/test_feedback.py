@@ -24,14 +24,6 @@ REASON = {"code": "not-eligible", "system": "https://myeloma-cds.example.org/fhi
           "display": "Not eligible for CAR-T"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def backend(request, tmp_path) -> dict:
-    """Settings naming a fresh, empty feedback database of each kind."""
-    if request.param == "sqlite":
-        return {"data_dir": str(tmp_path / "data")}
-    return {"database_url": request.getfixturevalue("postgres").new_database()}
-
-
 @pytest.fixture()
 def make_app(kb):
     made = []

@@ -19,8 +19,8 @@ from .test_card_check import busy, run, workloads  # noqa: F401 - the shared fix
 RUNS_BOUND = 275  # with the catalogue v2 rules: 250 lazy, 311 with eager operands (2026-12-02)
 
 
-def test_workload_a_runs_fewer_expressions_after_short_circuit(busy, monkeypatch):  # noqa: F811
-    run(busy, 2)
+def count_runs(monkeypatch) -> dict[str, int]:
+    """Count Evaluator.run calls from now on (nested runs of lazy %variables included)."""
     counted = {"runs": 0}
     original = _expression.Evaluator.run
 
@@ -29,6 +29,12 @@ def test_workload_a_runs_fewer_expressions_after_short_circuit(busy, monkeypatch
         return original(self, expr, env)
 
     monkeypatch.setattr(_expression.Evaluator, "run", counting)
+    return counted
+
+
+def test_workload_a_runs_fewer_expressions_after_short_circuit(busy, monkeypatch):  # noqa: F811
+    run(busy, 2)
+    counted = count_runs(monkeypatch)
     outcomes = run(busy, 3)
     per_call = counted["runs"] / 3
     print("runs per call", per_call)
@@ -38,14 +44,7 @@ def test_workload_a_runs_fewer_expressions_after_short_circuit(busy, monkeypatch
 
 def test_explain_still_evaluates_both_operands(busy, monkeypatch):  # noqa: F811
     kb, svc, body, fetch = busy
-    counted = {"runs": 0}
-    original = _expression.Evaluator.run
-
-    def counting(self, expr, env):
-        counted["runs"] += 1
-        return original(self, expr, env)
-
-    monkeypatch.setattr(_expression.Evaluator, "run", counting)
+    counted = count_runs(monkeypatch)
     service.call(kb, svc, body, workloads.NOW, fetch)
     fast = counted["runs"]
     counted["runs"] = 0

@@ -26,13 +26,6 @@ ISS = "https://ehr.example.org"
 SENDS = 20
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def backend(request, tmp_path) -> dict:
-    if request.param == "sqlite":
-        return {"data_dir": str(tmp_path / "data")}
-    return {"database_url": request.getfixturevalue("postgres").new_database()}
-
-
 def guard(backend: dict, clock=time.time, purge_every: int = 256) -> security.ReplayGuard:
     made = security.open_replay_guard(config.load(backend, environ={}), clock)
     made.purge_every = purge_every
