@@ -113,11 +113,15 @@ class _Run:
         return {v.name: (lambda env, v=v: self._variable(v, env)) for v in variables}
 
     def _variable(self, variable: Variable, env: Environment) -> list:
+        if not self.explain:  # only the trace shows variables (values and errors)
+            try:
+                return self.evaluator.run(variable.expression, env)
+            except EvaluationError:
+                return []
         outcome = Outcome(variable.element, variable.expression.source)
         try:
             value = self.evaluator.run(variable.expression, env)
-            if self.explain:  # only the trace shows variable values
-                outcome.value = _summary(value)
+            outcome.value = _summary(value)
         except EvaluationError as exc:
             value, outcome.error = [], str(exc)
         self.variables.setdefault(variable.name, outcome)

@@ -2,36 +2,47 @@
 
 fhirpathpy interprets its AST on every evaluation: each node goes through a dispatch
 table, every operator and function call re-resolves its function and re-types its
-parameters. Profiling put that glue at most of the cost of a hook call (bench/README.md).
-Here each node is turned once into a closure `fn(ctx, data) -> result` that does what
-fhirpathpy's evaluator for that node does (same context mutations, same parameter
-typing, same functions called), with the dispatch, lookups and typing decided at compile
-time. Node types not handled here fall back to fhirpathpy's `do_eval` for that subtree,
-so every expression still evaluates; tests/test_fhirpath_speedups.py runs every scenario
-with and without compilation and requires identical results.
+parameters, and every member access re-derives the child's type path from the model by
+string formatting. Profiling put that glue at most of the cost of a hook call
+(bench/README.md). Here each node is turned once into a closure `fn(ctx, data) -> result`
+that does what fhirpathpy's evaluator for that node does (same context mutations, same
+parameter typing, same functions called), with the dispatch, lookups, parameter kinds and
+type paths decided at compile time (type paths once per parent type). Node types not
+handled here fall back to fhirpathpy's `do_eval` for that subtree, so every expression
+still evaluates; tests/test_fhirpath_speedups.py runs every scenario with and without
+compilation and requires identical results.
+
+One deliberate difference: a member access does not fill ResourceNode.propName (the
+"Patient.name[0]" path string). fhirpathpy only ever reads it to build the propName of
+the node's own children (navigation.py), never to compute a value, and building it was a
+third of the cost of a member access.
 """
 
 from __future__ import annotations
 
 import json
+from collections import abc
 from collections.abc import Callable
 from typing import Any
 
-from fhirpathpy.engine import do_eval, param_check_table, type_specifier, util
+from fhirpathpy.engine import check_boolean_param, do_eval, param_check_table, type_specifier, util
 from fhirpathpy.engine.evaluators import evaluators, member_invocation
-from fhirpathpy.engine.invocations import logic
+from fhirpathpy.engine.invocations import combining, equality, logic, math, misc
+from fhirpathpy.engine.nodes import FP_Quantity, ResourceNode
 
 from cds_service.fhirpath._speedups import require_supported_fhirpathpy
 
 _VERSION_CHECKED = False  # the first compile checks fhirpathpy's version (then never again)
 
 Compiled = Callable[[dict, Any], Any]
+Param = Callable[[dict, Any], Any]  # (ctx, parent data) -> the parameter as fhirpathpy's make_param makes it
 _CONSTANT = ("StringLiteral", "NumberLiteral", "BooleanLiteral", "Identifier")
 _PASS_THROUGH = ("TermExpression", "InvocationTerm", "ParenthesizedTerm")
 _OPERATORS = ("InequalityExpression", "AdditiveExpression", "MultiplicativeExpression", "EqualityExpression",
               "OrExpression", "ImpliesExpression", "AndExpression", "XorExpression")
 _IMPLIES = logic.implies_op
 _SHORT_CIRCUIT = {"and": False, "or": True, "implies": False}  # the left value that decides the result
+_Mapping = abc.Mapping
 
 
 def compile_ast(ast: dict, registry: dict[str, dict]) -> Compiled:
@@ -41,6 +52,18 @@ def compile_ast(ast: dict, registry: dict[str, dict]) -> Compiled:
         require_supported_fhirpathpy()  # the closures re-implement its evaluators
         _VERSION_CHECKED = True
     return _Compiler(registry).node(ast["children"][0])
+
+
+def _listed(value: Any) -> list:
+    """fhirpathpy's util.arraify(value) (no instead_none), inlined where it is hot."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
+def _nullable(value: Any) -> bool:
+    """fhirpathpy's util.is_nullable."""
+    return value is None or (isinstance(value, list) and not value)
 
 
 class _Compiler:
@@ -59,11 +82,11 @@ class _Compiler:
                 return self.node(node["children"][0])
             return lambda ctx, data: [node["text"]]
         if kind == "InvocationExpression":
-            return self._chain([self.node(child) for child in node["children"]])
+            return _chain([self.node(child) for child in node["children"]])
         if kind == "ExternalConstantTerm":
-            return self._constant(node)
+            return _constant(node)
         if kind == "MemberInvocation":
-            return lambda ctx, data: member_invocation(ctx, data, node)
+            return _member(node)
         if kind == "ThisInvocation":
             return lambda ctx, data: util.arraify(ctx["$this"])
         if kind == "FunctionInvocation":
@@ -74,149 +97,331 @@ class _Compiler:
             return self._infix(node, "|")
         return lambda ctx, data: do_eval(ctx, data, node)
 
-    @staticmethod
-    def _chain(steps: list[Compiled]) -> Compiled:
-        def chain(ctx: dict, data: Any) -> list:
-            for step in steps:
-                data = step(ctx, data)
-            return list(data)
+    def param(self, kind: Any, node: dict) -> Param:
+        """fhirpathpy's make_param(ctx, parent, kind, node), with the kind settled here."""
+        compiled = self.node(node)
+        if kind == "Expr":
+            def expr_param(ctx: dict, parent: Any) -> Callable[[Any], Any]:
+                def expression(data: Any) -> Any:
+                    this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
+                    return compiled(ctx, this)
 
-        return chain
+                return expression
 
-    @staticmethod
-    def _constant(node: dict) -> Compiled:
-        identifier = node["children"][0]["children"][0]
-        name = evaluators["Identifier"]({}, [], identifier)[0].replace("`", "")
+            return expr_param
+        if kind == "AnyAtRoot":
+            def at_root(ctx: dict, parent: Any) -> Any:
+                this = ctx["$this"] = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+                return compiled(ctx, this)
 
-        def constant(ctx: dict, data: Any) -> list:
-            variables = ctx["vars"]
-            if name not in variables:
-                raise ValueError(f"Attempting to access an undefined environment variable: {name}")
-            value = variables[name]
-            if value is None:
+            return at_root
+        if kind == "Identifier":
+            if node["type"] == "TermExpression":
+                text = node["text"]
+                return lambda ctx, parent: text
+            message = "Expected identifier node, got " + json.dumps(node)
+
+            def not_identifier(ctx: dict, parent: Any) -> Any:
+                raise Exception(message)
+
+            return not_identifier
+        if kind == "TypeSpecifier":
+            return lambda ctx, parent: type_specifier(ctx, parent, node)
+        if kind == "Any":
+            def any_param(ctx: dict, parent: Any) -> Any:
+                ctx["$this"] = parent
+                return compiled(ctx, parent)
+
+            return any_param
+        optional = isinstance(kind, list)
+        name = kind[0] if optional else kind
+        check = param_check_table.get(name)
+
+        def typed(ctx: dict, parent: Any) -> Any:
+            ctx["$this"] = parent
+            result = compiled(ctx, parent)
+            if not result:
                 return []
-            return value if isinstance(value, list) else [value]
+            if len(result) == 1 and check is check_boolean_param and (result[0] is True or result[0] is False):
+                return result[0]  # what the check answers for a plain boolean, without the call
+            if len(result) > 1:
+                raise Exception("Unexpected collection" + json.dumps(result) + "; expected singleton of type " + name)
+            if check is None:
+                raise Exception("Implement me for " + name)
+            return check(result[0])
 
-        return constant
+        return typed
 
-    def _params(self, nodes: list[dict] | None) -> list[tuple[dict, Compiled]]:
-        return [(p, self.node(p)) for p in nodes or []]
+    def _params(self, kinds: list, nodes: list[dict]) -> list[Param]:
+        return [self.param(k, n) for k, n in zip(kinds, nodes, strict=False)]
 
     def _function(self, node: dict) -> Compiled:
         functn = node["children"][0]
         name = evaluators["Identifier"]({}, [], functn["children"][0])[0]
         param_list = next((c for c in functn["children"][1:] if c.get("type") == "ParamList"), None)
-        raw = param_list.get("children") if param_list else None
+        raw = (param_list.get("children") if param_list else None) or []
         invocation = self.registry.get(name)
         if invocation is None:
             return lambda ctx, data: do_eval(ctx, data, node)  # raises "Not implemented" as fhirpathpy does
-        params = self._params(raw)
         fn = invocation["fn"]
         nullable_input = "nullable_input" in invocation
-        nullable = "nullable" in invocation
         if "variadic" in invocation:
-            kind = invocation["variadic"]
-
-            def variadic(ctx: dict, data: Any) -> list:
-                if nullable_input and util.is_nullable(data):
-                    return []
-                this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
-                values = [_make_param(ctx, this, kind, p, f) for p, f in params]
-                return util.arraify(fn(ctx, util.arraify(data), *values))
-
-            return variadic
+            return _variadic(fn, nullable_input, self._params([invocation["variadic"]] * len(raw), raw))
         if "arity" not in invocation:
-            if params:
+            if raw:
                 return lambda ctx, data: do_eval(ctx, data, node)  # raises "expects no params"
-
-            def no_params(ctx: dict, data: Any) -> list:
-                if nullable_input and util.is_nullable(data):
-                    return []
-                return util.arraify(fn(ctx, util.arraify(data)))
-
-            return no_params
-        if fn.__name__ == "trace_fn" or len(params) not in invocation["arity"]:
+            return _no_params(fn, nullable_input)
+        if fn.__name__ == "trace_fn" or len(raw) not in invocation["arity"]:
             return lambda ctx, data: do_eval(ctx, data, node)
-        types = invocation["arity"][len(params)]
-
-        def call(ctx: dict, data: Any) -> list:
-            if nullable_input and util.is_nullable(data):
-                return []
-            this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
-            values = [ctx, data] + [_make_param(ctx, this, t, p, f) for t, (p, f) in zip(types, params, strict=False)]
-            if nullable and any(util.is_nullable(v) for v in values):
-                return []
-            return util.arraify(fn(*values))
-
-        return call
+        if fn is misc.iif_macro:
+            return _iif([self.node(p) for p in raw])
+        params = self._params(invocation["arity"][len(raw)], raw)
+        return _call(fn, nullable_input, "nullable" in invocation, params)
 
     def _infix(self, node: dict, op: str) -> Compiled:
         invocation = self.registry.get(op)
         if invocation is None or "fn" not in invocation or len(node["children"]) != 2:
             return lambda ctx, data: do_eval(ctx, data, node)  # raises as fhirpathpy does
-        fn, types = invocation["fn"], invocation["arity"][2]
-        nullable = "nullable" in invocation
-        params = self._params(node["children"])
+        fn = _FAST_OPERATORS.get(invocation["fn"], invocation["fn"])
+        left, right = self._params(invocation["arity"][2], node["children"])
         if op in _SHORT_CIRCUIT:
-            return self._logic(fn, types, params, _SHORT_CIRCUIT[op])
+            return _logic(fn, left, right, _SHORT_CIRCUIT[op])
+        if "nullable" in invocation:
+            def nullable_infix(ctx: dict, data: Any) -> list:
+                a = left(ctx, data)
+                b = right(ctx, data)
+                if _nullable(a) or _nullable(b):
+                    return []
+                return _listed(fn(ctx, a, b))
+
+            return nullable_infix
 
         def infix(ctx: dict, data: Any) -> list:
-            values = [ctx] + [_make_param(ctx, data, t, p, f) for t, (p, f) in zip(types, params, strict=False)]
-            if nullable and any(util.is_nullable(v) for v in values):
-                return []
-            return util.arraify(fn(*values))
+            return _listed(fn(ctx, left(ctx, data), right(ctx, data)))
 
         return infix
 
-    @staticmethod
-    def _logic(fn: Callable, types: list, params: list[tuple[dict, Compiled]], decided: bool) -> Compiled:
-        """`and`, `or`, `implies`: the right operand is skipped once the left decides the result.
 
-        FHIRPath lets an implementation short-circuit these (spec 6.5): `false and X` is false,
-        `true or X` is true and `false implies X` is true whatever X is, empty included. Any
-        other left value (true, false or empty) needs the right operand, as fhirpathpy does.
-        """
-        (left_type, (left_node, left)), (right_type, (right_node, right)) = zip(types, params, strict=True)
-        short = [decided if fn is not _IMPLIES else True]
+def _chain(steps: list[Compiled]) -> Compiled:
+    if len(steps) == 2:
+        first, second = steps
 
-        def logic(ctx: dict, data: Any) -> list:
-            a = _make_param(ctx, data, left_type, left_node, left)
-            if a is decided and not ctx.get("eager"):
-                return list(short)
-            return util.arraify(fn(ctx, a, _make_param(ctx, data, right_type, right_node, right)))
+        def pair(ctx: dict, data: Any) -> list:
+            return list(second(ctx, first(ctx, data)))
 
-        return logic
+        return pair
+
+    def chain(ctx: dict, data: Any) -> list:
+        for step in steps:
+            data = step(ctx, data)
+        return list(data)
+
+    return chain
 
 
-def _make_param(ctx: dict, parent: Any, kind: Any, node: dict, compiled: Compiled) -> Any:
-    """fhirpathpy's make_param, evaluating the parameter with its compiled closure."""
-    if kind == "Expr":
-        def expression(data: Any) -> Any:
-            ctx["$this"] = util.arraify(data)
-            return compiled(ctx, ctx["$this"])
+def _constant(node: dict) -> Compiled:
+    identifier = node["children"][0]["children"][0]
+    name = evaluators["Identifier"]({}, [], identifier)[0].replace("`", "")
+    undefined = f"Attempting to access an undefined environment variable: {name}"
 
-        return expression
-    if kind == "AnyAtRoot":
-        ctx["$this"] = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
-        return compiled(ctx, ctx["$this"])
-    if kind == "Identifier":
-        if node["type"] == "TermExpression":
-            return node["text"]
-        raise Exception("Expected identifier node, got " + json.dumps(node))
-    if kind == "TypeSpecifier":
-        return type_specifier(ctx, parent, node)
-    ctx["$this"] = parent
-    result = compiled(ctx, parent)
-    if kind == "Any":
-        return result
-    if isinstance(kind, list):
-        if len(result) == 0:
+    def constant(ctx: dict, data: Any) -> list:
+        try:
+            value = ctx["vars"][name]
+        except KeyError:
+            raise ValueError(undefined) from None
+        if value is None:
             return []
-        kind = kind[0]
-    if len(result) > 1:
-        raise Exception("Unexpected collection" + json.dumps(result) + "; expected singleton of type " + kind)
-    if len(result) == 0:
-        return []
-    if kind not in param_check_table:
-        raise Exception("Implement me for " + kind)
-    return param_check_table[kind](result[0])
+        return value if isinstance(value, list) else [value]
+
+    return constant
+
+
+def _variadic(fn: Callable, nullable_input: bool, params: list[Param]) -> Compiled:
+    def variadic(ctx: dict, data: Any) -> list:
+        if nullable_input and _nullable(data):
+            return []
+        this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+        return _listed(fn(ctx, util.arraify(data), *[p(ctx, this) for p in params]))
+
+    return variadic
+
+
+def _no_params(fn: Callable, nullable_input: bool) -> Compiled:
+    def no_params(ctx: dict, data: Any) -> list:
+        if nullable_input and _nullable(data):
+            return []
+        return _listed(fn(ctx, data if isinstance(data, list) else util.arraify(data)))
+
+    return no_params
+
+
+def _iif(branches: list[Compiled]) -> Compiled:
+    """iif(criterion, true-result [, otherwise-result]): fhirpathpy's iif_macro, whose three
+    arguments are expressions evaluated on the input (as $this), only the one it needs."""
+    criterion, chosen, otherwise = (branches + [None])[:3]
+
+    def iif(ctx: dict, data: Any) -> list:
+        this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
+        if util.is_true(criterion(ctx, this)):
+            this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
+            return _listed(chosen(ctx, this))
+        if otherwise is None:
+            return []
+        this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
+        return _listed(otherwise(ctx, this))
+
+    return iif
+
+
+def _call(fn: Callable, nullable_input: bool, nullable: bool, params: list[Param]) -> Compiled:
+    if not params:
+        def call0(ctx: dict, data: Any) -> list:
+            if nullable_input and _nullable(data):
+                return []
+            if nullable and _nullable(data):
+                return []
+            return _listed(fn(ctx, data))
+
+        return call0
+    if len(params) == 1 and not nullable:
+        (only,) = params
+
+        def call1(ctx: dict, data: Any) -> list:
+            if nullable_input and _nullable(data):
+                return []
+            return _listed(fn(ctx, data, only(ctx, ctx["$this"] if "$this" in ctx else ctx["dataRoot"])))
+
+        return call1
+
+    def call(ctx: dict, data: Any) -> list:
+        if nullable_input and _nullable(data):
+            return []
+        this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+        values = [p(ctx, this) for p in params]
+        if nullable and (_nullable(data) or any(_nullable(v) for v in values)):
+            return []
+        return _listed(fn(ctx, data, *values))
+
+    return call
+
+
+def _logic(fn: Callable, left: Param, right: Param, decided: bool) -> Compiled:
+    """`and`, `or`, `implies`: the right operand is skipped once the left decides the result.
+
+    FHIRPath lets an implementation short-circuit these (spec 6.5): `false and X` is false,
+    `true or X` is true and `false implies X` is true whatever X is, empty included. Any
+    other left value (true, false or empty) needs the right operand, as fhirpathpy does.
+    """
+    short = [decided if fn is not _IMPLIES else True]
+
+    def logic_op(ctx: dict, data: Any) -> list:
+        a = left(ctx, data)
+        if a is decided and not ctx["eager"]:
+            return list(short)
+        return _listed(fn(ctx, a, right(ctx, data)))
+
+    return logic_op
+
+
+def _union(ctx: dict, left: list, right: list) -> Any:
+    """`|` of plain strings (the text templates' lists) without fhirpathpy's distinct(), which
+    builds a table of 24 Decimals per call; the same first-seen order as its uniq()."""
+    items = left + right
+    if items and all(type(v) is str for v in items):
+        return list(dict.fromkeys(items))
+    return combining.union_op(ctx, left, right)
+
+
+def _plus(ctx: dict, left: list, right: list) -> Any:
+    """`+` of two plain strings (the card texts) directly; anything else as fhirpathpy does."""
+    if len(left) == 1 and len(right) == 1 and type(left[0]) is str and type(right[0]) is str:
+        return left[0] + right[0]
+    return math.plus(ctx, left, right)
+
+
+def _equal(ctx: dict, left: list, right: list) -> Any:
+    """`=` of a singleton against a string literal (status = 'active') without the type
+    look-ups; fhirpathpy's equality reads a node as a Quantity only at a Quantity path."""
+    if len(left) == 1 and len(right) == 1 and type(right[0]) is str:
+        a = left[0]
+        if type(a) is str:
+            return [a == right[0]]
+        if type(a) is ResourceNode and type(a.data) is str and a.path not in ("Quantity", "System.Quantity"):
+            return [a.data == right[0]]
+    return equality.equal(ctx, left, right)
+
+
+_FAST_OPERATORS: dict[Callable, Callable] = {combining.union_op: _union, math.plus: _plus, equality.equal: _equal}
+
+
+def _typed_path(model: Any, path: str) -> str:
+    return model["path2Type"].get(path, path) if isinstance(model, dict) and "path2Type" in model else path
+
+
+_ChildPaths = tuple[str, str, tuple[tuple[str, str, str], ...]]
+
+
+def _child_paths(model: Any, parent: str | None, key: str) -> _ChildPaths:
+    """(type path of a plain child, of a child read from a mapping, and per choice type of
+    `key[x]`: its field, its `_field` and its type path), as fhirpathpy derives them."""
+    child = f"{parent}.{key}" if parent else f"_.{key}"
+    choices: tuple[tuple[str, str, str], ...] = ()
+    if isinstance(model, dict):
+        child = model["pathsDefinedElsewhere"].get(child, child)
+        actual = model["choiceTypePaths"].get(child)
+        if actual:
+            choices = tuple((f"{key}{t}", f"_{key}{t}", _typed_path(model, child + t)) for t in actual)
+    base = _typed_path(model, child)
+    return base, _typed_path(model, "Extension") if key == "extension" else base, choices
+
+
+def _member(node: dict) -> Compiled:
+    """fhirpathpy's member_invocation for one key, the child type paths worked out once per
+    parent type path (and model) instead of by string formatting for every item."""
+    key = evaluators["Identifier"]({}, [], node["children"][0])[0].replace("`", "")
+    if util.is_capitalized(key):
+        # `Patient.x`: a type filter first (rare in our expressions): fhirpathpy's own
+        return lambda ctx, data: member_invocation(ctx, data, node)
+    hidden = f"_{key}"
+    paths: dict[tuple[int, str | None], _ChildPaths] = {}
+
+    def member(ctx: dict, data: Any) -> list:
+        if not isinstance(data, list):
+            return []
+        model = ctx["model"]
+        out: list = []
+        for res in data:
+            if not isinstance(res, ResourceNode):
+                res = ResourceNode(res, None)
+            found = paths.get((id(model), res.path))
+            if found is None:
+                found = paths[(id(model), res.path)] = _child_paths(model, res.path, key)
+            path, mapping_path, choices = found
+            value = res.data
+            to_add = to_add_ = None
+            if isinstance(value, FP_Quantity):
+                to_add = value.value
+            if choices and isinstance(value, _Mapping):
+                for field, hidden_field, choice_path in choices:
+                    to_add = value.get(field)
+                    to_add_ = value.get(hidden_field)
+                    if to_add is not None or to_add_ is not None:
+                        path = choice_path
+                        break
+            elif isinstance(value, _Mapping):
+                to_add = value.get(key)
+                to_add_ = value.get(hidden)
+                path = mapping_path
+            elif key == "length":
+                to_add = len(value)
+            for added in (to_add, to_add_):
+                if added is None or (isinstance(added, list) and not added):
+                    continue
+                if isinstance(added, list):
+                    out.extend(x if isinstance(x, ResourceNode) else ResourceNode(x, path, index=i)
+                               for i, x in enumerate(added))
+                else:
+                    out.append(added if isinstance(added, ResourceNode) else ResourceNode(added, path))
+        return out
+
+    return member

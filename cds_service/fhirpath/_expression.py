@@ -36,7 +36,6 @@ from antlr4.error.ErrorListener import ErrorListener
 from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy.engine import do_eval
 from fhirpathpy.engine.invocations import invocation_registry
-from fhirpathpy.engine.invocations.constants import constants
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, FP_Type, ResourceNode
 from fhirpathpy.engine.util import arraify, get_data, process_user_invocation_table
 from fhirpathpy.models import models
@@ -372,9 +371,8 @@ class Environment(dict):
             or (self.parent is not None and name in self.parent)
         )
 
-    def __getitem__(self, name: str) -> Any:
-        if dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
+    def __missing__(self, name: str) -> Any:
+        # dict's own lookup answers a name already computed; only the others come here
         if name in self.lazy:
             value = self.lazy[name](self)
             self[name] = value
@@ -393,9 +391,12 @@ class Evaluator:
 
     def run(self, expr: Expression, env: Mapping[str, Any]) -> list:
         """Raw result (fhirpathpy nodes kept, so later expressions keep the R4 types)."""
-        token = _scope.set(self.scope)
+        # A variable computed on first use runs inside another run, in the same scope:
+        # the context variable is set once per outermost run.
+        token = _scope.set(self.scope) if _scope.get(None) is not self.scope else None
         try:
-            constants.reset()
+            # fhirpathpy's `constants` (its clock) need no reset: now(), today() and
+            # timeOfDay() are ours and read the request's clock.
             ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
                    "registry": _REGISTRY, "eager": self.scope.eager}
             if COMPILED and expr.compiled is not None:
@@ -406,7 +407,8 @@ class Evaluator:
         except Exception as exc:  # fhirpathpy raises bare Exception, ValueError, TypeError...
             raise EvaluationError(f"{type(exc).__name__}: {exc}") from None
         finally:
-            _scope.reset(token)
+            if token is not None:
+                _scope.reset(token)
 
 
 def plain(value: Any) -> Any:
