@@ -258,7 +258,8 @@ def _no_params(fn: Callable, nullable_input: bool) -> Compiled:
 def _iif(branches: list[Compiled]) -> Compiled:
     """iif(criterion, true-result [, otherwise-result]): fhirpathpy's iif_macro, whose three
     arguments are expressions evaluated on the input (as $this), only the one it needs."""
-    criterion, chosen, otherwise = (branches + [None])[:3]
+    criterion, chosen = branches[0], branches[1]
+    otherwise = branches[2] if len(branches) > 2 else None
 
     def iif(ctx: dict, data: Any) -> list:
         this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
