@@ -150,9 +150,18 @@ class Medications:
                    for r in resources):
             return resources
         out = []
+        # What a record resolves to depends only on its reference (unless contained): the
+        # same few references on thousands of records are looked up once per list.
+        seen: dict[tuple[str, str], tuple[dict | None, str | None]] = {}
         for record in resources:
             if record.get("resourceType") in MEDICATION_TYPES and "medicationCodeableConcept" not in record:
-                concept, where = self._concept(record, depth=0)
+                memo = _memo_key(record)
+                found = seen.get(memo) if memo is not None else None
+                if found is None:
+                    found = self._concept(record, depth=0)
+                    if memo is not None:
+                        seen[memo] = found
+                concept, where = found
                 if concept is not None:
                     record = {**record, "medicationCodeableConcept": concept}
                     if where == "contained":
@@ -191,6 +200,15 @@ class Medications:
             return concept, "contained"
         key = local_key(ref)
         return concept, "read" if key in self.from_server else "request"
+
+
+def _memo_key(record: dict) -> tuple[str, str] | None:
+    """A record's reference, when that alone decides what it resolves to (not contained)."""
+    ref = reference_of(record, "medicationReference")
+    if ref is not None:
+        return None if ref.startswith("#") else ("medication", ref)
+    request = reference_of(record, "request") if record.get("resourceType") == "MedicationAdministration" else None
+    return None if request is None or request.startswith("#") else ("request", request)
 
 
 class MedicationReads:

@@ -10,7 +10,6 @@ ActivityDefinition. Override reasons: the members' and the bundle's, each once.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from cds_service.engine._card_parts import card_head, detail_text, links, suggestion
@@ -65,9 +64,13 @@ def _suggestions(members: list[CardResult]) -> tuple[list[dict[str, Any]], list[
             if url in ordered:
                 continue  # two members asking for the same order: the clinician sees it once
             ordered.add(url)
-            resource = copy.deepcopy(result.resource)
-            tags = resource.setdefault("meta", {}).setdefault("tag", [])
-            tags.append({k: v for k, v in (("system", system), ("code", member.code)) if v})
+            # The member's tag on a copy of the resource's top and meta only: the rest is
+            # shared, never changed (a deep copy was most of the time of rendering).
+            resource = dict(result.resource)
+            meta = dict(resource.get("meta") or {})
+            meta["tag"] = [*(meta.get("tag") or []),
+                           {k: v for k, v in (("system", system), ("code", member.code)) if v}]
+            resource["meta"] = meta
             item = suggestion(result, f"{result.action.title} ({member.code})", resource)
             made.append(item)
             owners.append((item["uuid"], member.code))

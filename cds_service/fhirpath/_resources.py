@@ -88,6 +88,11 @@ def parse_date(value: Any) -> dt.date | None:
         value = value.get("start") or value.get("end")
     if not isinstance(value, str) or len(value) < 4:
         return None
+    if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+        try:  # the usual YYYY-MM-DD, read in C (only that form: 3.11 also reads week dates)
+            return dt.date.fromisoformat(value[:10])
+        except ValueError:
+            pass
     try:
         year = int(value[0:4])
         month = int(value[5:7]) if len(value) >= 7 else 1
