@@ -57,11 +57,16 @@ def test_an_erroring_or_non_boolean_condition_is_false_and_recorded(tmp_path, ex
 
 
 def test_variables_are_evaluated_only_when_used_unless_explaining(tmp_path):
-    kb, plan = plan_with(tmp_path, [action("SEQ-1", "%used")], variables=[("used", "true"), ("unused", "1 + 1 = 2")])
+    # an evaluation of `unused` would leave its note (a unit that does not convert)
+    kb, plan = plan_with(tmp_path, [action("SEQ-1", "%used")],
+                         variables=[("used", "true"), ("unused", "(5 'mg').toUnit('mL').empty()")])
     quiet = evaluate(plan, data(), kb.terminology, explain=False)
-    assert set(quiet.variables) == {"used"}
+    assert [c.code for c in quiet.fired] == ["SEQ-1"]
+    assert not [n for n in quiet.notes if "not convertible" in n]
+    assert quiet.variables == {}  # outside explain no trace records are kept
     explained = evaluate(plan, data(), kb.terminology, explain=True)
     assert explained.variables["unused"].value is True
+    assert [n for n in explained.notes if "not convertible" in n]
 
 
 def test_a_failing_dynamic_value_keeps_the_static_text_and_is_recorded(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -56,12 +56,49 @@ class RequestData:
     patient: dict | None
     draft_orders: list[dict]
     selections: list[dict]  # the trigger orders: order-select's selected, order-sign's all
-    retrieved: dict[str, list[dict]]
+    retrieved: Retrievals  # each key filtered on first read
     now: dt.datetime
 
     @property
     def today(self) -> dt.date:
         return self.now.astimezone(dt.timezone.utc).date()
+
+
+class Retrievals(Mapping[str, list[dict]]):
+    """The data requirements' records, each filtered on first read.
+
+    A busy call reads about half of its requirements: a rule whose first condition fails
+    never reads the rest (workload (c) reads 35 of 104). The records of every key were all
+    received and their medication references resolved before (an unresolvable one is a
+    412, read or not); what waits is the filtering, and the counts in that key's report,
+    which `complete()` fills for the explain trace.
+    """
+
+    def __init__(self, requirements: Mapping[str, Any], resolved: Mapping[str, list[dict]],
+                 reports: Mapping[str, KeyReport], retriever: Retriever):
+        self._requirements, self._resolved, self._reports = requirements, resolved, reports
+        self._retriever = retriever
+        self._done: dict[str, list[dict]] = {}
+
+    def __getitem__(self, key: str) -> list[dict]:
+        found = self._done.get(key)
+        if found is None:
+            req = self._requirements[key]  # KeyError for a key that is not a requirement
+            result = self._retriever.run(req, self._resolved.get(key, []))
+            report = self._reports[key]
+            report.count, report.other_patient = len(result.resources), result.other_patient
+            found = self._done[key] = result.resources
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._requirements)
+
+    def __len__(self) -> int:
+        return len(self._requirements)
+
+    def complete(self) -> None:
+        for key in self._requirements:
+            self[key]
 
 
 @dataclass
@@ -321,15 +358,9 @@ def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str,
             report = reports[key]
             report.note = f"{report.note}; {note}" if report.note else note
     retriever = Retriever(today, context.get("patientId", ""))
-    retrieved: dict[str, list[dict]] = {}
-    patient = None
-    for req in service.plan.requirements:
-        result = retriever.run(req, resolved.get(req.key, []))
-        retrieved[req.key] = result.resources
-        report = reports[req.key]
-        report.count, report.other_patient = len(result.resources), result.other_patient
-        if req.type == "Patient" and result.resources:
-            patient = result.resources[0]
+    retrieved = Retrievals({req.key: req for req in service.plan.requirements}, resolved, reports, retriever)
+    patient = next((found[0] for req in service.plan.requirements
+                    if req.type == "Patient" and (found := retrieved[req.key])), None)
     return RequestData(
         hook=service.hook,
         context=context,

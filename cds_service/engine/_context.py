@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,8 +17,10 @@ class RequestData(Protocol):
     patient: dict | None
     draft_orders: list[dict]
     selections: list[dict]  # the trigger orders: order-select's selected, order-sign's all
-    retrieved: dict[str, list[dict]]
     now: dt.datetime
+
+    @property
+    def retrieved(self) -> Mapping[str, list[dict]]: ...  # may filter each key on first read
 
     @property
     def today(self) -> dt.date: ...

@@ -105,9 +105,10 @@ class _Run:
             "today": fhir_date(data.today),
             "ucum": "http://unitsofmeasure.org",
             "resource": [data.patient] if data.patient else [],
-            **data.retrieved,
         }
-        self.env = Environment(base, self._lazy(plan.variables))
+        retrieved = data.retrieved  # filtered when first read (data.Retrievals)
+        lazy = {key: (lambda env, key=key: retrieved[key]) for key in retrieved}
+        self.env = Environment(base, {**lazy, **self._lazy(plan.variables)})
 
     def _lazy(self, variables: tuple[Variable, ...]) -> dict:
         return {v.name: (lambda env, v=v: self._variable(v, env)) for v in variables}

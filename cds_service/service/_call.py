@@ -80,6 +80,7 @@ def call(
         kept_issued.append(record)
     response: dict[str, Any] = {"cards": kept}
     if explain:
+        assembled.data.retrieved.complete()  # every key's counts, read or not
         response["extension"] = {engine.EXPLAIN_KEY: engine.build_trace(
             service.id, assembled.data, {k: r.as_dict() for k, r in assembled.reports.items()},
             assembled.raw, result, kb.terminology)}
