@@ -181,3 +181,35 @@ def test_the_compiled_validator_agrees_with_the_reference_on_mutated_cards(busy)
             assert compiled.is_valid({"cards": [mutated]}) is reference, (path, replacement)
             refused += not reference
     assert len(seen) > 900 and refused > 500  # many mutations, most of them refused
+
+
+def test_card_and_suggestion_uuids_are_random_version_4_uuids():
+    import uuid
+
+    from cds_service.engine._card_parts import new_uuid
+
+    made = [new_uuid() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_a_forked_worker_never_repeats_the_uuids_of_its_parent():
+    import os
+
+    from cds_service.engine._card_parts import new_uuid
+
+    new_uuid()  # the parent has drawn random bytes it has not used yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        os.write(write, "\n".join(new_uuid() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split("\n"))
+    os.waitpid(pid, 0)
+    parent = {new_uuid() for _ in range(10)}
+    assert len(child) == 10 and not child & parent

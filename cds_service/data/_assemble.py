@@ -90,6 +90,9 @@ class Retrievals(Mapping[str, list[dict]]):
             found = self._done[key] = result.resources
         return found
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._requirements  # without filtering it (Mapping's own reads the key)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._requirements)
 

@@ -48,15 +48,11 @@ class Retriever:
 
     def run(self, requirement: DataRequirement, resources: list[dict]) -> Retrieved:
         typed, other = self._of_type(resources, requirement.type)
-        if requirement.code_filters:
-            # The selective filter (a value set: the drug, the test) through the index; the
-            # others (status, typically) tested on the few records it leaves, not indexed.
-            first = next((cf for cf in requirement.code_filters if cf.value_set is not None), requirement.code_filters[0])
-            base = self._matching(typed, first)
-            rest = [cf for cf in requirement.code_filters if cf is not first]
-        else:
-            base, rest = typed, []
-        if requirement.sort_paths and all(df.paths == requirement.sort_paths for df in requirement.date_filters):
+        if not typed:  # the usual answer for most requirements of a sparse chart
+            return Retrieved([], received=len(resources), other_patient=other)
+        selective, rest = requirement.selective_filter, requirement.other_filters
+        base = typed if selective is None else self._matching(typed, selective)
+        if requirement.windows_on_sort:
             kept = self._newest_first(base, requirement.sort_paths, requirement.date_filters)
             if rest:
                 kept = [r for r in kept if all(_record_has_code(r, cf) for cf in rest)]
@@ -77,14 +73,21 @@ class Retriever:
     def _newest_first(self, base: list[dict], paths: tuple[str, ...], windows: tuple[DateFilter, ...]) -> list[dict]:
         """`base` newest first by `paths` (undated last, ties in their order), inside every
         window (each of them on `paths`): the sort done once per list, a window by bisection."""
+        if not base:
+            return base
         key = (id(base), paths)
         found = self._by_date.get(key)
         if found is None:
-            dated = [(when, position) for position, r in enumerate(base) if (when := first_date(r, paths)) is not None]
-            dated.sort(key=lambda item: (-item[0].toordinal(), item[1]))
-            undated_positions = set(range(len(base))) - {p for _, p in dated}
-            found = self._by_date[key] = ([base[p] for _, p in dated], [-when.toordinal() for when, _ in dated],
-                                          [base[p] for p in sorted(undated_positions)])
+            dated: list[tuple[int, int]] = []
+            undated: list[dict] = []
+            for position, r in enumerate(base):
+                when = first_date(r, paths)
+                if when is None:
+                    undated.append(r)
+                else:
+                    dated.append((-when.toordinal(), position))
+            dated.sort()
+            found = self._by_date[key] = ([base[p] for _, p in dated], [k for k, _ in dated], undated)
         records, keys, undated = found
         if not windows:
             return records + undated if undated else records
@@ -120,12 +123,15 @@ class Retriever:
         return index
 
     def _matching(self, typed: list[dict], cf: CodeFilter) -> list[dict]:
-        key = (id(typed), cf.path, id(cf.value_set), cf.codes)
+        key = (id(typed), cf.path, id(cf.value_set), cf.codes)  # identical filters of several requirements share it
         found = self._matches.get(key)
         if found is None:
+            if not typed:
+                return typed
             positions: set[int] = set()
+            vs, codes = cf.value_set, cf.codes
             for (system, code), where in self._index(typed, cf.path).items():
-                if _code_in(cf, system, code):
+                if (vs is not None and vs.contains(system, code)) or (system, code) in codes or (None, code) in codes:
                     positions.update(where)
             found = self._matches[key] = [typed[p] for p in sorted(positions)]
         return found

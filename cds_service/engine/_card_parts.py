@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from cds_service.engine._evaluate import CardResult, SuggestionResult
 from cds_service.knowledge import RECOMMENDATIONS_KEY, Citation
+
+
+class _RandomBytes(threading.local):
+    """os.urandom drawn 4 KiB at a time (one system call per 256 UUIDs, not per UUID)."""
+
+    def __init__(self) -> None:
+        self.buffer, self.position = b"", 0
+
+    def take16(self) -> bytes:
+        if self.position >= len(self.buffer):
+            self.buffer, self.position = os.urandom(4096), 0
+        self.position += 16
+        return self.buffer[self.position - 16:self.position]
+
+
+_random = _RandomBytes()
+# A worker forked from a process that drew bytes must never reuse them: another worker
+# would make the same UUIDs.
+os.register_at_fork(after_in_child=lambda: _random.__init__())
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID from os.urandom, as uuid.uuid4() makes it, formatted
+    directly: a busy card list asks for one per card and per suggestion."""
+    h = _random.take16().hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def card_head(fired: CardResult, summary: str, indicator: str, citations: Sequence[Citation]) -> dict[str, Any]:
@@ -20,7 +47,7 @@ def card_head(fired: CardResult, summary: str, indicator: str, citations: Sequen
         source["url"] = primary.url
     source["topic"] = dict(action.code)
     return {
-        "uuid": str(uuid.uuid4()),
+        "uuid": new_uuid(),
         "summary": summary,
         "indicator": indicator,
         "source": source,
@@ -46,7 +73,7 @@ def suggestion(result: SuggestionResult, label: str | None = None, resource: dic
     action = result.action
     made: dict[str, Any] = {
         "label": label or action.title,
-        "uuid": str(uuid.uuid4()),
+        "uuid": new_uuid(),
         "actions": [
             {
                 "type": "create",

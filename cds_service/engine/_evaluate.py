@@ -106,12 +106,8 @@ class _Run:
             "ucum": "http://unitsofmeasure.org",
             "resource": [data.patient] if data.patient else [],
         }
-        retrieved = data.retrieved  # filtered when first read (data.Retrievals)
-        lazy = {key: (lambda env, key=key: retrieved[key]) for key in retrieved}
-        self.env = Environment(base, {**lazy, **self._lazy(plan.variables)})
-
-    def _lazy(self, variables: tuple[Variable, ...]) -> dict:
-        return {v.name: (lambda env, v=v: self._variable(v, env)) for v in variables}
+        # the requirements' records come from data.retrieved, filtered when first read
+        self.env = Environment(base, plan.variables_by_name, compute=self._variable, fallback=data.retrieved)
 
     def _variable(self, variable: Variable, env: Environment) -> list:
         if not self.explain:  # only the trace shows variables (values and errors)
@@ -132,7 +128,7 @@ class _Run:
         outer = self.env if parent is None else parent
         if not action.variables:
             return outer
-        return Environment({}, self._lazy(action.variables), parent=outer)
+        return Environment({}, action.variables_by_name, parent=outer, compute=self._variable)
 
     def condition(self, condition: Condition, env: Environment) -> Outcome:
         outcome = Outcome(condition.element, condition.expression.source, description=condition.description)
@@ -140,6 +136,9 @@ class _Run:
             value = self.evaluator.run(condition.expression, env)
         except EvaluationError as exc:
             outcome.error = str(exc)
+            return outcome
+        if len(value) == 1 and (value[0] is True or value[0] is False):
+            outcome.value = value[0]  # the usual answer, already plain
             return outcome
         plain_value = plain(value)
         outcome.value = plain_value[0] if len(plain_value) == 1 else plain_value

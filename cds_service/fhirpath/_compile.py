@@ -27,7 +27,7 @@ from typing import Any
 
 from fhirpathpy.engine import check_boolean_param, do_eval, param_check_table, type_specifier, util
 from fhirpathpy.engine.evaluators import evaluators, member_invocation
-from fhirpathpy.engine.invocations import combining, equality, logic, math, misc
+from fhirpathpy.engine.invocations import combining, equality, existence, logic, math, misc
 from fhirpathpy.engine.nodes import FP_Quantity, ResourceNode
 
 from cds_service.fhirpath._speedups import require_supported_fhirpathpy
@@ -69,6 +69,10 @@ def _nullable(value: Any) -> bool:
 class _Compiler:
     def __init__(self, registry: dict[str, dict]):
         self.registry = registry
+        # closures of this compile that a chain can fuse with its neighbour (by id: all alive
+        # until the compile ends): `%name` look-ups and argument-less exists()
+        self.variables: dict[int, str] = {}
+        self.exists: set[int] = set()
 
     def node(self, node: dict) -> Compiled:
         kind = node["type"]
@@ -82,9 +86,12 @@ class _Compiler:
                 return self.node(node["children"][0])
             return lambda ctx, data: [node["text"]]
         if kind == "InvocationExpression":
-            return _chain([self.node(child) for child in node["children"]])
+            return self._chain([self.node(child) for child in node["children"]])
         if kind == "ExternalConstantTerm":
-            return _constant(node)
+            name = _constant_name(node)
+            compiled = _constant(name)
+            self.variables[id(compiled)] = name
+            return compiled
         if kind == "MemberInvocation":
             return _member(node)
         if kind == "ThisInvocation":
@@ -176,7 +183,18 @@ class _Compiler:
         if fn is misc.iif_macro:
             return _iif([self.node(p) for p in raw])
         params = self._params(invocation["arity"][len(raw)], raw)
-        return _call(fn, nullable_input, "nullable" in invocation, params)
+        compiled = _call(fn, nullable_input, "nullable" in invocation, params)
+        if fn is existence.exists_macro and not params:
+            self.exists.add(id(compiled))
+        return compiled
+
+    def _chain(self, steps: list[Compiled]) -> Compiled:
+        name = self.variables.get(id(steps[0]))
+        if name is not None and len(steps) == 2:
+            if id(steps[1]) in self.exists:
+                return _variable_exists(name)  # %name.exists(): the most common condition
+            return _variable_then(name, steps[1])
+        return _chain(steps)
 
     def _infix(self, node: dict, op: str) -> Compiled:
         invocation = self.registry.get(op)
@@ -219,21 +237,33 @@ def _chain(steps: list[Compiled]) -> Compiled:
     return chain
 
 
-def _constant(node: dict) -> Compiled:
+def _constant_name(node: dict) -> str:
     identifier = node["children"][0]["children"][0]
-    name = evaluators["Identifier"]({}, [], identifier)[0].replace("`", "")
-    undefined = f"Attempting to access an undefined environment variable: {name}"
+    return evaluators["Identifier"]({}, [], identifier)[0].replace("`", "")
 
-    def constant(ctx: dict, data: Any) -> list:
-        try:
-            value = ctx["vars"][name]
-        except KeyError:
-            raise ValueError(undefined) from None
-        if value is None:
-            return []
-        return value if isinstance(value, list) else [value]
 
-    return constant
+def _lookup(ctx: dict, name: str) -> list:
+    """%name as fhirpathpy's external constant reads it (the list itself, not a copy)."""
+    try:
+        value = ctx["vars"][name]
+    except KeyError:
+        raise ValueError(f"Attempting to access an undefined environment variable: {name}") from None
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _constant(name: str) -> Compiled:
+    return lambda ctx, data: _lookup(ctx, name)
+
+
+def _variable_then(name: str, step: Compiled) -> Compiled:
+    return lambda ctx, data: list(step(ctx, _lookup(ctx, name)))
+
+
+def _variable_exists(name: str) -> Compiled:
+    """`%name.exists()`: exists_macro's `not is_empty(...)` of the (always list) value."""
+    return lambda ctx, data: [len(_lookup(ctx, name)) != 0]
 
 
 def _variadic(fn: Callable, nullable_input: bool, params: list[Param]) -> Compiled:

@@ -350,32 +350,43 @@ def set_compiled(on: bool) -> bool:
 class Environment(dict):
     """FHIRPath %variables; named expressions are evaluated on first use, then kept.
 
-    `lazy` maps a name to a function of the environment that computes it; a child
-    environment (an action's own variables) falls back to its parent for other names.
+    `lazy` maps a name to what computes it: a function of the environment, or, when
+    `compute` is given, a definition that `compute(definition, env)` evaluates (so a static
+    mapping built once serves every call). A name in neither is read from `fallback` (a
+    mapping that computes on first read itself) and kept; a child environment (an action's
+    own variables) falls back to its parent for other names.
     """
 
     def __init__(
         self,
         values: Mapping[str, Any],
-        lazy: Mapping[str, Callable[[Environment], Any]],
+        lazy: Mapping[str, Any],
         parent: Environment | None = None,
+        compute: Callable[[Any, Environment], Any] | None = None,
+        fallback: Mapping[str, Any] | None = None,
     ):
         super().__init__(values)
-        self.lazy = dict(lazy)
+        self.lazy = lazy if compute is not None else dict(lazy)
         self.parent = parent
+        self.compute = compute
+        self.fallback = fallback
 
     def __contains__(self, name: object) -> bool:
         return (
             dict.__contains__(self, name)
             or name in self.lazy
+            or (self.fallback is not None and name in self.fallback)
             or (self.parent is not None and name in self.parent)
         )
 
     def __missing__(self, name: str) -> Any:
         # dict's own lookup answers a name already computed; only the others come here
         if name in self.lazy:
-            value = self.lazy[name](self)
+            value = self.compute(self.lazy[name], self) if self.compute is not None else self.lazy[name](self)
             self[name] = value
+            return value
+        if self.fallback is not None and name in self.fallback:
+            value = self[name] = self.fallback[name]
             return value
         if self.parent is not None:
             return self.parent[name]
@@ -411,8 +422,13 @@ class Evaluator:
                 _scope.reset(token)
 
 
+_PLAIN = (str, bool, int, float, type(None))
+
+
 def plain(value: Any) -> Any:
     """A JSON-friendly copy of a FHIRPath result, for text, resources and the trace."""
+    if type(value) in _PLAIN:
+        return value  # the common leaves (card text, booleans) at once
     if isinstance(value, list):
         return [plain(v) for v in value]
     if isinstance(value, ResourceNode):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cds_service.fhirpath import Expression
@@ -61,6 +62,23 @@ class DataRequirement:
     skip_reason: str | None = None
     element: str = ""
     derived_from: str | None = None  # same query as that key, narrowed here by dates/limit
+
+    @cached_property
+    def selective_filter(self) -> CodeFilter | None:
+        """The code filter a retrieve answers through its code index (a value set: the drug,
+        the test), the others (status, typically) being tested on the records it leaves."""
+        if not self.code_filters:
+            return None
+        return next((cf for cf in self.code_filters if cf.value_set is not None), self.code_filters[0])
+
+    @cached_property
+    def other_filters(self) -> tuple[CodeFilter, ...]:
+        return tuple(cf for cf in self.code_filters if cf is not self.selective_filter)
+
+    @cached_property
+    def windows_on_sort(self) -> bool:
+        """Sorted by date, and every date filter is on the sort's own elements."""
+        return bool(self.sort_paths) and all(df.paths == self.sort_paths for df in self.date_filters)
 
     @property
     def query_signature(self) -> tuple:
@@ -169,6 +187,11 @@ class CardAction:
     def is_bundle(self) -> bool:
         return bool(self.members)
 
+    @cached_property
+    def variables_by_name(self) -> dict[str, Variable]:
+        """The action's variables by name, built once (every call's environment reads it)."""
+        return _by_name(self.variables)
+
     @property
     def codes(self) -> tuple[str, ...]:
         """The recommendation codes this action can report: a bundle's members, else its own."""
@@ -191,10 +214,19 @@ class Plan:
     library_url: str | None = None
     usage: str | None = None
 
+    @cached_property
+    def variables_by_name(self) -> dict[str, Variable]:
+        """The plan's variables by name, built once (every call's environment reads it)."""
+        return _by_name(self.variables)
+
     @property
     def hooks(self) -> tuple[str, ...]:
         present = {hook for action in self.actions for hook in action.hooks}
         return tuple(h for h in HOOKS if h in present)
+
+
+def _by_name(variables: tuple[Variable, ...]) -> dict[str, Variable]:
+    return {v.name: v for v in variables}
 
 
 # Records whose medication[x] may be a reference: searched without a code at the server.
