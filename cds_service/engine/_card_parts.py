@@ -15,6 +15,9 @@ class _RandomBytes(threading.local):
     """os.urandom drawn 4 KiB at a time (one system call per 256 UUIDs, not per UUID)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.buffer, self.position = b"", 0
 
     def take16(self) -> bytes:
@@ -27,7 +30,7 @@ class _RandomBytes(threading.local):
 _random = _RandomBytes()
 # A worker forked from a process that drew bytes must never reuse them: another worker
 # would make the same UUIDs.
-os.register_at_fork(after_in_child=lambda: _random.__init__())
+os.register_at_fork(after_in_child=_random.reset)
 
 
 def new_uuid() -> str:
