@@ -48,3 +48,23 @@ def test_what_a_requirement_keeps(case, tmp_path):
     assembled = data.assemble(service, body, NOW, data.FetchSettings(transport=None, executor=None))
     assert [r["id"] for r in assembled.data.retrieved["wanted"]] == case["expect"]
     assert assembled.reports["wanted"].received == len(records) and assembled.fetches == []
+
+
+@pytest.mark.parametrize("record, path", [
+    ({"code": {"coding": [{"system": "s", "code": "a"}, {"system": "s", "code": "b"}]}}, "code"),
+    ({"medicationCodeableConcept": {"coding": [{"system": "r", "code": "1"}]},
+      "medicationReference": {"reference": "Medication/x"}}, "medication"),
+    ({"status": "active"}, "status"),
+    ({"category": [{"coding": [{"code": "x"}]}, {"coding": [{"system": 3, "code": "y"}]}]}, "category"),
+    ({"code": "not-a-concept", "codeCodeableConcept": {"coding": [{"code": "c"}]}}, "code"),
+    ({"code": {"text": "no codings"}}, "code"),
+    ({"code": {"coding": "not a list"}}, "code"),
+    ({"vaccineCode": None}, "vaccineCode"),
+    ({"valueCodeableConcept": {"coding": [{"system": "s", "code": "pos"}]}}, "value"),
+    ({"interpretation": [{"coding": [{"code": "A"}]}]}, "interpretation.coding"),
+    ({}, "code"),
+])
+def test_the_code_index_reads_a_path_as_the_general_walk_does(record, path):
+    from cds_service.fhirpath import codings, element_values, path_codings
+
+    assert path_codings(record, path) == [c for v in element_values(record, path) for c in codings(v)]

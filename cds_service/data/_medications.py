@@ -50,8 +50,13 @@ def local_key(ref: str) -> str | None:
 
 def _contained(record: dict, ref: str) -> dict | None:
     contained = record.get("contained")
-    return next((c for c in (contained if isinstance(contained, list) else [])
-                 if isinstance(c, dict) and c.get("id") == ref[1:] and c.get("resourceType") == "Medication"), None)
+    if not isinstance(contained, list):
+        return None
+    wanted = ref[1:]
+    for c in contained:
+        if isinstance(c, dict) and c.get("id") == wanted and c.get("resourceType") == "Medication":
+            return c
+    return None
 
 
 def medication_concept(medication: dict) -> dict | None:

@@ -11,7 +11,7 @@ import datetime as dt
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
-from cds_service.fhirpath import codings, element_values, first_date, subject_reference
+from cds_service.fhirpath import first_date, path_codings, subject_reference
 from cds_service.knowledge import CodeFilter, DataRequirement, DateFilter
 
 
@@ -115,11 +115,10 @@ class Retriever:
         if index is None:
             index = self._indexes[key] = {}
             for position, resource in enumerate(typed):
-                for value in element_values(resource, path):
-                    for coding in codings(value):
-                        positions = index.setdefault(coding, [])
-                        if not positions or positions[-1] != position:
-                            positions.append(position)
+                for coding in path_codings(resource, path):
+                    positions = index.setdefault(coding, [])
+                    if not positions or positions[-1] != position:
+                        positions.append(position)
         return index
 
     def _matching(self, typed: list[dict], cf: CodeFilter) -> list[dict]:
@@ -177,7 +176,7 @@ def _same_patient(resource: dict, patient_id: str) -> bool:
 
 def _record_has_code(resource: dict, cf: CodeFilter) -> bool:
     """What the index answers for one record: a coding at cf.path that cf accepts."""
-    return any(_code_in(cf, system, code) for value in element_values(resource, cf.path) for system, code in codings(value))
+    return any(_code_in(cf, system, code) for system, code in path_codings(resource, cf.path))
 
 
 def _code_in(cf: CodeFilter, system: str | None, code: str) -> bool:

@@ -16,7 +16,7 @@ Public API:
     install_speedups(), uninstall_speedups()  fhirpathpy patches (version-checked)
     convert, conversion_factor, check_unit, warm_up, UnitError   UCUM conversion (failures cached too)
     unit_parse_count() -> int             UCUM parses so far in this process (a warm call adds none)
-    codings, element_values, first_date, parse_date, subject_reference, reference_of
+    codings, element_values, path_codings, first_date, parse_date, subject_reference, reference_of
                                           reading FHIR JSON (choice types, references)
 """
 
@@ -40,6 +40,7 @@ from cds_service.fhirpath._resources import (
     element_values,
     first_date,
     parse_date,
+    path_codings,
     reference_of,
     subject_reference,
 )
@@ -58,7 +59,7 @@ from cds_service.fhirpath._units import (
 __all__ = [
     "KNOWN_FUNCTIONS", "Environment", "EvaluationError", "Evaluator", "Expression",
     "FhirPathSyntaxError", "Scope", "TerminologyLike", "UnitError", "UnitMap", "check_unit", "codings",
-    "conversion_factor", "convert", "element_values", "fhir_date", "fhir_datetime", "first_date",
+    "conversion_factor", "convert", "element_values", "fhir_date", "fhir_datetime", "first_date", "path_codings",
     "install_speedups", "parse", "parse_date", "plain", "reference_of", "set_compiled",
     "subject_reference", "uninstall_speedups", "unit_parse_count", "warm_up",
 ]
