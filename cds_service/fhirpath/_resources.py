@@ -56,7 +56,7 @@ def element_values(resource: Any, path: str) -> list[Any]:
     return current
 
 
-_NOT_SINGLE = ((), frozenset())  # marks a dotted path in _single
+_NOT_SINGLE: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())  # marks a dotted path in _single
 _single: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
 
 
