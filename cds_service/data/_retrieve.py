@@ -176,10 +176,8 @@ def _same_patient(resource: dict, patient_id: str) -> bool:
 
 def _record_has_code(resource: dict, cf: CodeFilter) -> bool:
     """What the index answers for one record: a coding at cf.path that cf accepts."""
-    return any(_code_in(cf, system, code) for system, code in path_codings(resource, cf.path))
-
-
-def _code_in(cf: CodeFilter, system: str | None, code: str) -> bool:
-    if cf.value_set is not None and cf.value_set.contains(system, code):
-        return True
-    return (system, code) in cf.codes or (None, code) in cf.codes
+    vs, codes = cf.value_set, cf.codes
+    for system, code in path_codings(resource, cf.path):
+        if (vs is not None and vs.contains(system, code)) or (system, code) in codes or (None, code) in codes:
+            return True
+    return False

@@ -411,7 +411,8 @@ class Evaluator:
             ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
                    "registry": _REGISTRY, "eager": self.scope.eager}
             if COMPILED and expr.compiled is not None:
-                return arraify(expr.compiled(ctx, self.root))
+                result = expr.compiled(ctx, self.root)
+                return result if isinstance(result, list) else arraify(result)
             return arraify(do_eval(ctx, self.root, expr.ast["children"][0]))
         except EvaluationError:
             raise
