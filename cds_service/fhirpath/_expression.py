@@ -389,7 +389,10 @@ class Environment(dict):
             value = self[name] = self.fallback[name]
             return value
         if self.parent is not None:
-            return self.parent[name]
+            # kept here too: a value never changes once computed, and an action's
+            # conditions read the same plan variables again and again
+            value = self[name] = self.parent[name]
+            return value
         raise KeyError(name)
 
 
