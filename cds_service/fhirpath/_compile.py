@@ -69,10 +69,11 @@ def _nullable(value: Any) -> bool:
 class _Compiler:
     def __init__(self, registry: dict[str, dict]):
         self.registry = registry
-        # closures of this compile that a chain can fuse with its neighbour (by id: all alive
-        # until the compile ends): `%name` look-ups and argument-less exists()
-        self.variables: dict[int, str] = {}
-        self.exists: set[int] = set()
+        # closures of this compile that a chain can fuse with its neighbour: `%name` look-ups
+        # and argument-less exists(), by id with the closure itself (held, so that no id is
+        # reused by another closure while the compile runs)
+        self.variables: dict[int, tuple[Compiled, str]] = {}
+        self.exists: dict[int, Compiled] = {}
 
     def node(self, node: dict) -> Compiled:
         kind = node["type"]
@@ -90,7 +91,7 @@ class _Compiler:
         if kind == "ExternalConstantTerm":
             name = _constant_name(node)
             compiled = _constant(name)
-            self.variables[id(compiled)] = name
+            self.variables[id(compiled)] = (compiled, name)
             return compiled
         if kind == "MemberInvocation":
             return _member(node)
@@ -185,13 +186,13 @@ class _Compiler:
         params = self._params(invocation["arity"][len(raw)], raw)
         compiled = _call(fn, nullable_input, "nullable" in invocation, params)
         if fn is existence.exists_macro and not params:
-            self.exists.add(id(compiled))
+            self.exists[id(compiled)] = compiled
         return compiled
 
     def _chain(self, steps: list[Compiled]) -> Compiled:
-        name = self.variables.get(id(steps[0]))
-        if name is not None and len(steps) == 2:
-            if id(steps[1]) in self.exists:
+        lookup, name = self.variables.get(id(steps[0]), (None, ""))
+        if lookup is steps[0] and len(steps) == 2:
+            if self.exists.get(id(steps[1])) is steps[1]:
                 return _variable_exists(name)  # %name.exists(): the most common condition
             return _variable_then(name, steps[1])
         return _chain(steps)
@@ -201,9 +202,10 @@ class _Compiler:
         if invocation is None or "fn" not in invocation or len(node["children"]) != 2:
             return lambda ctx, data: do_eval(ctx, data, node)  # raises as fhirpathpy does
         fn = _FAST_OPERATORS.get(invocation["fn"], invocation["fn"])
+        if op in _SHORT_CIRCUIT and invocation["arity"][2] == [["Boolean"], ["Boolean"]]:
+            first, second = node["children"]
+            return _logic(fn, self.node(first), self.node(second), _SHORT_CIRCUIT[op])
         left, right = self._params(invocation["arity"][2], node["children"])
-        if op in _SHORT_CIRCUIT:
-            return _logic(fn, left, right, _SHORT_CIRCUIT[op])
         if "nullable" in invocation:
             def nullable_infix(ctx: dict, data: Any) -> list:
                 a = left(ctx, data)
@@ -336,20 +338,36 @@ def _call(fn: Callable, nullable_input: bool, nullable: bool, params: list[Param
     return call
 
 
-def _logic(fn: Callable, left: Param, right: Param, decided: bool) -> Compiled:
+def _boolean_operand(result: list) -> Any:
+    """An `and`/`or`/`implies` operand as make_param types it (kind ["Boolean"]): empty
+    stays empty, one boolean is itself, more than one is an error."""
+    if not result:
+        return []
+    if len(result) > 1:
+        raise Exception("Unexpected collection" + json.dumps(result) + "; expected singleton of type Boolean")
+    return check_boolean_param(result[0])
+
+
+def _logic(fn: Callable, left: Compiled, right: Compiled, decided: bool) -> Compiled:
     """`and`, `or`, `implies`: the right operand is skipped once the left decides the result.
 
     FHIRPath lets an implementation short-circuit these (spec 6.5): `false and X` is false,
     `true or X` is true and `false implies X` is true whatever X is, empty included. Any
     other left value (true, false or empty) needs the right operand, as fhirpathpy does.
+    The operands are typed inline (a plain boolean at once), as make_param would.
     """
     short = [decided if fn is not _IMPLIES else True]
 
     def logic_op(ctx: dict, data: Any) -> list:
-        a = left(ctx, data)
+        ctx["$this"] = data
+        r = left(ctx, data)
+        a = r[0] if len(r) == 1 and (r[0] is True or r[0] is False) else _boolean_operand(r)
         if a is decided and not ctx["eager"]:
             return list(short)
-        return _listed(fn(ctx, a, right(ctx, data)))
+        ctx["$this"] = data
+        r = right(ctx, data)
+        b = r[0] if len(r) == 1 and (r[0] is True or r[0] is False) else _boolean_operand(r)
+        return _listed(fn(ctx, a, b))
 
     return logic_op
 
