@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +32,7 @@ from cds_service.config import Settings
 
 from .support.fhir_server import FhirServer, FhirStore
 from .support.loopback import first_answer
+from .support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,12 +127,6 @@ def test_the_compose_nginx_configuration_passes_nginx_t(tmp_path):
     assert check.returncode == 0 and "test is successful" in check.stderr, check.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stages() -> list[tuple[str, list[tuple[str, str]]]]:
     """(stage name, its steps) in order; an unnamed stage is called by its position."""
     stages: list[tuple[str, list[tuple[str, str]]]] = []
@@ -225,7 +219,7 @@ def test_dockerfile_builds_the_wheel_and_runs_it_unprivileged_in_a_fresh_venv(tm
     # No PostgreSQL here: the replica's shared database is left out (feedback in SQLite).
     assert environment.pop("MM_CDS_DATABASE_URL").startswith("postgresql://")
     env.update({k: str(v).replace(image_workdir, str(app)) for k, v in environment.items()})
-    port = _free_port()
+    port = free_port()
     env["MM_CDS_PORT"] = str(port)
     cmd = json.loads(next(args for op, args in runtime if op == "CMD"))
     assert "--prod" in cmd  # the image runs the production server (gunicorn)

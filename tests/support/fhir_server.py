@@ -18,7 +18,6 @@ both must agree for the scenario tests to pass.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from .ports import free_port
 
 # (resourceType, search parameter) -> element names holding the value (choice forms listed)
 DATE_ELEMENTS = {
@@ -249,10 +250,7 @@ def operation_outcome(status: int = 200) -> Response:
 
 def refused_base() -> str:
     """A loopback FHIR base on a port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/fhir"
+    return f"http://127.0.0.1:{free_port()}/fhir"
 
 
 def _json(body: dict, status: int = 200) -> Response:
