@@ -183,6 +183,14 @@ def live(request) -> Harness:
     return harness(request.config)
 
 
+@pytest.fixture(scope="session")
+def live_in_process(request) -> Harness:
+    """The same harness, but the service reads the FHIR server's app in process (no socket)."""
+    h = Harness(in_process=True)
+    request.config.add_cleanup(h.close)
+    return h
+
+
 def pytest_collect_file(parent, file_path: Path):
     if file_path.suffix == ".yaml" and file_path.parent.name == "scenarios" and not file_path.name.startswith("_"):
         return ScenarioFile.from_parent(parent, path=file_path)

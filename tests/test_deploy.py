@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 from cds_service import cli, create_app, scenarios, web
 from cds_service.config import Settings
 
-from .support.fhir_server import FhirServer, FhirStore
+from .support.fhir_server import FhirServer, FhirStore, InProcess
 from .support.loopback import first_answer
 from .support.ports import free_port
 
@@ -296,9 +296,12 @@ def test_the_loader_posts_every_scenario_patient_and_the_service_fetches_them(tm
     # The patients were moved to today; the scenarios' clock reads 12:00 UTC (D-2's "given in
     # the last 6 hours" depends on the time of day), so the service's clock does too.
     noon = dt.datetime.combine(dt.datetime.now(dt.timezone.utc).date(), dt.time(12), tzinfo=dt.timezone.utc)
-    app = create_app({"site_dirs": scenarios.folder_site_dirs(folder)}, clock=lambda: noon)
-    client = app.test_client()
+    # The service reads the loaded server's app in process (fhir_server.InProcess: the same
+    # answers, no socket): every patient is still fetched, in 3 s rather than 25. Fetching
+    # over HTTP is the scenario suite's fetch mode, for every scenario as written.
     fhir = FhirServer(target.store, token=None).__enter__()
+    app = create_app({"site_dirs": scenarios.folder_site_dirs(folder)}, clock=lambda: noon, transport=InProcess(fhir))
+    client = app.test_client()
     checked = 0
     try:
         for entry in index:
