@@ -1,8 +1,9 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
-# make test    run the whole test suite (what CI runs): make lint, then every test
+# make test    run the whole test suite (what CI runs): make lint, then every test, on every
+#              core (pytest-xdist; PYTEST_WORKERS=1 runs it in one process; docs/testing.md)
 # make lint    ruff, mypy and the import-linter contracts (the layers)
 # make check   the quick loop (under a minute): the suite without the slow, gunicorn, browser,
-#              postgres, fuzz and nginx tests (markers in pyproject.toml)
+#              postgres, fuzz and nginx tests (markers in pyproject.toml), on every core too
 # make serve-prod  the same service under gunicorn (several workers; cds_service/gunicorn_conf.py)
 # make serve-proxy production: nginx on MM_CDS_PORT (8080) in front of gunicorn on loopback
 #                  MM_CDS_INTERNAL_PORT (8081); deploy/nginx/run.py, docs/proxy.md
@@ -40,8 +41,13 @@ serve-prod: $(VENV)/.installed
 serve-proxy: $(VENV)/.installed
 	$(BIN)/python deploy/nginx/run.py
 
+# One worker per core (pytest-xdist); a file's tests stay on one worker, the files in the order
+# tests/conftest.py gives them (the slowest first). PYTEST_WORKERS=1: one process, no xdist.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = $(if $(filter 1,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check cds_service tests bench examples deploy setup.py
@@ -49,7 +55,7 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 
 check: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
 
 validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate

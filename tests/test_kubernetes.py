@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
@@ -28,6 +27,7 @@ import requests
 
 from .support import kustomize
 from .support.loopback import first_answer
+from .support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -416,12 +416,6 @@ def test_the_nginx_front_serves_the_repository_server_block_and_passes_nginx_t(t
 
 # --- the rendered configuration starts the service ---------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_rendered_settings_secret_and_site_start_the_service(tmp_path):
     """The example overlay's ConfigMaps and Secret laid out as the pod sees them (paths moved
@@ -461,7 +455,7 @@ def test_the_rendered_settings_secret_and_site_start_the_service(tmp_path):
             environment[name] = moved(value) if value.startswith("/") else value
     secret_ref = env(c)["MM_CDS_SERVICE_SECRET"]["valueFrom"]["secretKeyRef"]  # the production server needs it
     environment["MM_CDS_SERVICE_SECRET"] = one(resources, "Secret", secret_ref["name"])["stringData"][secret_ref["key"]]
-    port = _free_port()
+    port = free_port()
     environment.update(MM_CDS_HOST="127.0.0.1", MM_CDS_PORT=str(port), MM_CDS_WORKERS="1")  # loopback, one worker
     # No PostgreSQL in this test: the database URL stays unset (SQLite in the data directory).
     assert "MM_CDS_DATABASE_URL" not in environment

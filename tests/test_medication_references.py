@@ -95,7 +95,13 @@ def run_all(live: Harness, form: str, mode: str) -> tuple[int, int, list[str], l
 @pytest.mark.parametrize("form, mode", [(form, mode) for form in FORMS for mode in ("prefetch", "fetch")
                                         if (form, mode) != ("inline", "fetch")]
                          + [("inline", "broad"), ("server", "broad")])
-def test_every_scenario_agrees_whatever_the_medication_form(live, form, mode):
+def test_every_scenario_agrees_whatever_the_medication_form(request, form, mode):
+    # In fetch mode the service reads the loopback FHIR server's app in process (the harness's
+    # `live_in_process`): the same searches, pages, _include entries and Medication reads,
+    # without the socket that made each form cost 30 s. Fetching every scenario over HTTP is
+    # the scenario suite's own fetch mode; Medication reads over HTTP for every scenario are
+    # the server forms here in prefetch and broad modes, and the direct cases below.
+    live = request.getfixturevalue("live_in_process" if mode == "fetch" else "live")
     run, agree, problems, reads = run_all(live, form, mode)
     print(f"\n{form:>9} {mode:>8}: {agree}/{run} scenarios agree; Medication reads per call with "
           f"medications: max {max(reads, default=0)}, mean {sum(reads) / max(len(reads), 1):.1f}")

@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from .support import fuzzing
-from .support.nginx import Proxy, free_ports, require_nginx
+from .support.nginx import Proxy, require_nginx
+from .support.ports import free_ports
 from .support.requests_ import empty_prefetch, order_sign
 
 pytestmark = [pytest.mark.slow, pytest.mark.nginx]

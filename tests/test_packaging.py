@@ -1,7 +1,9 @@
 """The wheel, installed outside the source tree, serves what the checkout serves.
 
 Builds the wheel (`pip wheel --no-build-isolation`: the build backend is this venv's, the
-package index is never asked), installs it with `--no-deps --no-index` into a fresh venv
+package index is never asked) from a copy of the checkout under tmp (setuptools writes
+build/ and *.egg-info where it builds: never into the checkout, which other tests are
+reading meanwhile), installs it with `--no-deps --no-index` into a fresh venv
 under tmp, and runs that venv's `mm-cds` with tmp as its working directory. The shortcut,
 said plainly: the fresh venv sees this project's installed dependencies through a .pth
 line (a plain path: the editable install's own .pth hook is not run from there), so the
@@ -12,7 +14,7 @@ checks that the cds_service imported is the wheel's, not the checkout's.
 from __future__ import annotations
 
 import os
-import socket
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,6 +26,7 @@ import requests
 from cds_service import config, knowledge, scenarios
 
 from .support.loopback import first_answer
+from .support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
@@ -31,19 +34,26 @@ SERVICES = {"mm-tcell-order-select", "mm-tcell-order-sign", "mm-tcell-chart"}
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# What the checkout holds that is not its source: git, the venv, what builds, runs and caches leave.
+_NOT_SOURCE = {".git", ".venv", "build", "dist", "data", "patients", "tmp", ".hypothesis", ".pytest_cache",
+               ".mypy_cache", ".ruff_cache", ".grimp_cache"}
+
+
+def _left_by_builds_and_runs(folder: str, names: list[str]) -> set[str]:
+    top = Path(folder) == ROOT
+    return {n for n in names if (top and (n in _NOT_SOURCE or n.endswith(".egg-info")))
+            or n == "__pycache__" or n.endswith(".pyc") or (n == "_bundled" and Path(folder).name == "cds_service")}
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(venv, environment, work dir): the wheel installed in a fresh venv."""
     tmp = tmp_path_factory.mktemp("packaging")
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=_left_by_builds_and_runs)
     wheels = tmp / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--quiet", "-w", str(wheels), str(ROOT)], check=True, timeout=300, cwd=tmp)
+                    "--quiet", "-w", str(wheels), str(source)], check=True, timeout=300, cwd=tmp)
     (wheel,) = wheels.glob("mm_cds-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -82,7 +92,7 @@ def test_the_installed_service_serves_the_checkouts_knowledge_and_the_page(insta
     fingerprint: a hash of every file's bytes), a scenario of the page sent to its
     service gets its expected cards, and the page lists the bundled scenarios."""
     venv, env, work = installed
-    port = _free_port()
+    port = free_port()
     log = (work / "serve.log").open("w+")
     process = subprocess.Popen([str(venv / "bin" / "mm-cds"), "serve"], cwd=work, stdout=log, stderr=log,
                                env={**env, "MM_CDS_PORT": str(port)})

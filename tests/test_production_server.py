@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support.gunicorn import GUNICORN, Gunicorn, free_port
+from .support.gunicorn import GUNICORN, Gunicorn
+from .support.ports import free_port
 from .support.requests_ import empty_prefetch, order_sign
 from .support.scrape import sample
 

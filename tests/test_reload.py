@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from cds_service import cli, create_app, scenarios, web
 from cds_service.service import scenario_request
 
 from .support.loopback import serving
+from .support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "Consider CAR-T cell therapy before a bispecific antibody"
@@ -161,16 +161,10 @@ def test_reload_is_refused_from_a_proxy(client):
     assert remote.status_code == 403
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sighup_reloads_mm_cds_serve_without_dropping_a_request(knowledge_copy, tmp_path, kb):
     plan_dir, vs_dir = knowledge_copy
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MM_CDS_KNOWLEDGE_DIRS": f"{plan_dir}{os.pathsep}{vs_dir}", "MM_CDS_SITE_DIRS": "",
            "MM_CDS_PORT": str(port), "MM_CDS_HOST": "127.0.0.1", "MM_CDS_DATA_DIR": str(tmp_path / "data")}
     log = (tmp_path / "serve.log").open("w+")

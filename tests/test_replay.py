@@ -19,7 +19,8 @@ from cds_service import config, create_app, security, storage, web
 from cds_service.errors import Unauthenticated
 
 from .conftest import NOW
-from .support.gunicorn import Gunicorn, free_port
+from .support.gunicorn import Gunicorn
+from .support.ports import free_port
 from .support.tokens import KeyPair, claims
 
 ISS = "https://ehr.example.org"

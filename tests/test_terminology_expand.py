@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from cds_service import cli, config, knowledge, scenarios
 from cds_service.service import Local
 
 from .support.loopback import serving
+from .support.ports import free_port
 from .support.rxnav import FakeRxNav
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,9 +148,7 @@ def test_a_bad_answer_stops_the_command_and_writes_nothing(monkeypatch, capsys, 
 
 
 def test_rxnav_down_is_a_clear_error(monkeypatch, capsys, tmp_path):
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     status, _, err = expand(monkeypatch, capsys, "--rxnav", f"http://127.0.0.1:{port}/REST", "--out", str(tmp_path))
     assert status == 1
     assert f"cannot reach RxNav at http://127.0.0.1:{port}/REST/rxcui/" in err

@@ -18,7 +18,6 @@ both must agree for the scenario tests to pass.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,14 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request, Response
+
+from cds_service.data import ByteBudget
+from cds_service.data import Response as DataResponse
+from cds_service.errors import FetchError
+
+from .ports import free_port
 
 # (resourceType, search parameter) -> element names holding the value (choice forms listed)
 DATE_ELEMENTS = {
@@ -63,26 +69,64 @@ class Recorded:
 @dataclass
 class FhirStore:
     resources: list[dict] = field(default_factory=list)
+    # Resources by type, by (type, the last segment of the patient reference) and by (type,
+    # id), in their order: rebuilt when `resources` is replaced or grows (the loader's server
+    # in test_deploy.py holds every scenario patient: thousands of resources). A search
+    # still applies every parameter to the candidates: the index only narrows them.
+    _index: tuple | None = field(default=None, repr=False, compare=False)
+
+    def _indexed(self) -> tuple[dict[str, list[dict]], dict[tuple[str, str], list[dict]] | None,
+                                dict[tuple[str, str], dict]]:
+        resources = self.resources
+        if self._index is None or self._index[:2] != (id(resources), len(resources)):
+            by_type: dict[str, list[dict]] = {}
+            by_patient: dict[tuple[str, str], list[dict]] | None = {}
+            by_id: dict[tuple[str, str], dict] = {}
+            for r in resources:
+                kind, rid = r.get("resourceType"), r.get("id")
+                if not isinstance(kind, str):
+                    continue  # never the type of a read or a search
+                by_type.setdefault(kind, []).append(r)
+                if isinstance(rid, str):
+                    by_id.setdefault((kind, rid), r)  # the first, as a scan finds it
+                if by_patient is not None:
+                    try:
+                        ref = _patient_reference(r)
+                    except AttributeError:  # not a Reference: every search by patient scans (and fails) as before
+                        ref = None
+                    if isinstance(ref, str):
+                        by_patient.setdefault((kind, ref.rsplit("/", 1)[-1]), []).append(r)
+                    else:
+                        by_patient = None
+            self._index = (id(resources), len(resources), by_type, by_patient, by_id)
+        return self._index[2], self._index[3], self._index[4]
 
     def read(self, kind: str, rid: str) -> dict | None:
-        for r in self.resources:
-            if r.get("resourceType") == kind and r.get("id") == rid:
-                return r
-        return None
+        return self._indexed()[2].get((kind, rid))
 
     def search(self, kind: str, params: list[tuple[str, str]]) -> list[dict]:
         """Resources of `kind` matching every parameter; raises ValueError for unknown ones."""
-        result = [r for r in self.resources if r.get("resourceType") == kind]
+        by_type, by_patient, _ = self._indexed()
+        patient = next((value for name, value in params if name in ("patient", "subject")), None)
+        # a reference to the patient ends with its id: the candidates are those whose reference does
+        if patient is None or by_patient is None:
+            result = by_type.get(kind, [])
+        else:
+            result = by_patient.get((kind, patient.rsplit("/", 1)[-1]), [])
         for name, value in params:
             if name in ("_count", "_sort", "_offset"):
                 continue
             result = [r for r in result if _matches(kind, r, name, value)]
-        return result
+        return list(result)
+
+
+def _patient_reference(resource: dict) -> str:
+    return (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
 
 
 def _matches(kind: str, resource: dict, name: str, value: str) -> bool:
     if name in ("patient", "subject"):
-        ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
+        ref = _patient_reference(resource)
         return ref in (value, f"Patient/{value}") or ref.endswith(f"/Patient/{value}")
     if name == "_id":
         return resource.get("id") in value.split(",")
@@ -234,6 +278,31 @@ class FhirServer:
         return list(found.values())
 
 
+class InProcess:
+    """A fetch transport for the service (cds_service.data.Transport) that hands each GET for
+    `server` to its WSGI app in the calling thread: the same answers (token check, paging,
+    400s, `_include` entries, the request log), without a socket. For tests that prove what
+    the service makes of the data of many patients; fetching over HTTP is proven by the
+    scenario suite's fetch mode and tests/test_fetch*.py. A URL off the server is a
+    connection error, as nothing listens there; faults that sleep are not cut at the deadline."""
+
+    def __init__(self, server: FhirServer) -> None:
+        self.server = server
+        self.origin = urlsplit(server.base)[:2]
+
+    def get(self, url: str, headers: dict[str, str], timeout: float, budget: ByteBudget | None = None) -> DataResponse:
+        split = urlsplit(url)
+        if split[:2] != self.origin:
+            raise FetchError("connection failed: ConnectionError", kind="connection")
+        environ = EnvironBuilder(path=split.path, query_string=split.query, headers=headers,
+                                 base_url=f"{split.scheme}://{split.netloc}").get_environ()
+        body_parts, status, _ = run_wsgi_app(self.server._wsgi, environ, buffered=True)
+        body = b"".join(body_parts)
+        if budget is not None:
+            budget.spend(len(body))
+        return DataResponse(int(status.split()[0]), body)
+
+
 def bundle(resources: list[dict], next_url: str | None = None, extra_entries: list[dict] | None = None) -> Response:
     """A searchset Bundle answer, optionally with a next link and raw extra entries."""
     body: dict = {"resourceType": "Bundle", "type": "searchset",
@@ -249,10 +318,7 @@ def operation_outcome(status: int = 200) -> Response:
 
 def refused_base() -> str:
     """A loopback FHIR base on a port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/fhir"
+    return f"http://127.0.0.1:{free_port()}/fhir"
 
 
 def _json(body: dict, status: int = 200) -> Response:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ from pathlib import Path
 
 import requests
 
+from .ports import free_port
+
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
 CLI = [sys.executable, "-m", "cds_service", "serve", "--prod"]  # execs the line above
 START_SECONDS = 60  # imports and the knowledge load, on a busy 2-core CI machine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Gunicorn:

@@ -28,7 +28,7 @@ from cds_service import scenarios
 from cds_service.scenarios import Scenario, load_library  # noqa: F401 - the harness's scenario API
 
 from .ehr import build_prefetch
-from .fhir_server import FhirServer
+from .fhir_server import FhirServer, InProcess
 
 SCENARIOS = scenarios.DEFAULT_FOLDER
 # The site directories the bundled scenarios are written for (tests/scenarios/_settings.yaml).
@@ -59,18 +59,21 @@ class MutableClock:
 
 
 class Harness:
-    """Both servers, started once per test session."""
+    """Both servers, started once per test session. `in_process`: the service fetches from
+    the FHIR server's app through fhir_server.InProcess (the same answers, no socket: for
+    matrices of every scenario; the scenario suite's own fetch mode goes over HTTP)."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_process: bool = False) -> None:
         from cds_service import create_app
 
         self.clock = MutableClock()
+        self.fhir = FhirServer().__enter__()
         self.app = create_app({"explain_enabled": True, "fetch_timeout": 5.0, "site_dirs": SITE_DIRS,
-                               "repeat_suppression": False}, clock=self.clock)
+                               "repeat_suppression": False}, clock=self.clock,
+                              transport=InProcess(self.fhir) if in_process else None)
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.base = f"http://127.0.0.1:{self._server.server_port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.fhir = FhirServer().__enter__()
         self.session = requests.Session()
         self.discovery = {s["id"]: s for s in self.session.get(f"{self.base}/cds-services").json()["services"]}
         self.lock = threading.Lock()

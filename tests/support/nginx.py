@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from .ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 LAUNCHER = ROOT / "deploy" / "nginx" / "run.py"
@@ -34,20 +35,6 @@ def require_nginx() -> None:
         if os.environ.get("CI"):
             pytest.fail(missing, pytrace=False)
         pytest.skip(missing)
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all bound at once, so never the same one twice)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 class Proxy:

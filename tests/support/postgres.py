@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from .ports import free_port
 
 USER = "mmcds"
 
@@ -52,12 +53,6 @@ def _version(path: str) -> int:
         return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresCluster:
     def __init__(self, bindir: Path):
         self.bindir = bindir
@@ -66,7 +61,7 @@ class PostgresCluster:
         self.root = Path(tempfile.mkdtemp(prefix="mm-cds-pg-", dir="/tmp"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.owner = _unprivileged_user() if os.geteuid() == 0 else None
         if self.owner is not None:
             os.chown(self.root, self.owner.pw_uid, self.owner.pw_gid)

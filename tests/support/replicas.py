@@ -29,7 +29,8 @@ import requests
 from cds_service import config
 
 from .gunicorn import Gunicorn
-from .nginx import Proxy, free_ports
+from .nginx import Proxy
+from .ports import free_ports
 from .postgres import PostgresCluster
 from .tokens import KeyPair, claims
 
