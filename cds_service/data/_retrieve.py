@@ -104,9 +104,22 @@ class Retriever:
         key = (id(resources), kind)
         cached = self._typed.get(key)
         if cached is None:
-            typed = [r for r in resources if r.get("resourceType") == kind]
-            same = [r for r in typed if _same_patient(r, self.patient_id)]
-            cached = self._typed[key] = (same, len(typed) - len(same))
+            same: list[dict] = []
+            other = 0
+            ours, suffix = f"Patient/{self.patient_id}", f"/Patient/{self.patient_id}"
+            for r in resources:
+                if r.get("resourceType") != kind:
+                    continue
+                if kind == "Patient":
+                    mine = r.get("id") == self.patient_id
+                else:  # contained, urn:uuid or absent: nothing to compare (kept)
+                    ref = subject_reference(r)
+                    mine = ref is None or "Patient/" not in ref or ref == ours or ref.endswith(suffix)
+                if mine:
+                    same.append(r)
+                else:
+                    other += 1
+            cached = self._typed[key] = (same, other)
         return cached
 
     def _index(self, typed: list[dict], path: str) -> dict[tuple, list[int]]:
@@ -163,15 +176,6 @@ class Retriever:
 def retrieve(requirement: DataRequirement, resources: list[dict], today: dt.date, patient_id: str) -> Retrieved:
     """One requirement on its own (see Retriever for many over shared records)."""
     return Retriever(today, patient_id).run(requirement, resources)
-
-
-def _same_patient(resource: dict, patient_id: str) -> bool:
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id") == patient_id
-    ref = subject_reference(resource)
-    if ref is None or "Patient/" not in ref:
-        return True  # contained, urn:uuid or absent: nothing to compare
-    return ref == f"Patient/{patient_id}" or ref.endswith(f"/Patient/{patient_id}")
 
 
 def _record_has_code(resource: dict, cf: CodeFilter) -> bool:

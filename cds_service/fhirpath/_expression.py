@@ -402,6 +402,8 @@ class Evaluator:
     def __init__(self, scope: Scope, root: Any):
         self.scope = scope
         self.root = arraify(root) if root is not None else [{}]
+        self._context = {"dataRoot": self.root, "model": R4, "userInvocationTable": _FUNCTIONS,
+                         "registry": _REGISTRY, "eager": scope.eager}
 
     def run(self, expr: Expression, env: Mapping[str, Any]) -> list:
         """Raw result (fhirpathpy nodes kept, so later expressions keep the R4 types)."""
@@ -411,8 +413,8 @@ class Evaluator:
         try:
             # fhirpathpy's `constants` (its clock) need no reset: now(), today() and
             # timeOfDay() are ours and read the request's clock.
-            ctx = {"dataRoot": self.root, "vars": env, "model": R4, "userInvocationTable": _FUNCTIONS,
-                   "registry": _REGISTRY, "eager": self.scope.eager}
+            ctx = self._context.copy()  # a fresh one per run: evaluation writes $this, $index
+            ctx["vars"] = env
             if COMPILED and expr.compiled is not None:
                 result = expr.compiled(ctx, self.root)
                 return result if isinstance(result, list) else arraify(result)
