@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from cds_service.fhirpath import first_date, path_codings, subject_reference
 from cds_service.knowledge import CodeFilter, DataRequirement, DateFilter
 
+_DIRECT = 8  # lists up to this many records are filtered without a code index
+
 
 @dataclass
 class Retrieved:
@@ -138,8 +140,9 @@ class Retriever:
         key = (id(typed), cf.path, id(cf.value_set), cf.codes)  # identical filters of several requirements share it
         found = self._matches.get(key)
         if found is None:
-            if not typed:
-                return typed
+            if len(typed) <= _DIRECT:  # a few records: testing each beats building an index
+                found = self._matches[key] = [r for r in typed if _record_has_code(r, cf)]
+                return found
             positions: set[int] = set()
             vs, codes = cf.value_set, cf.codes
             for (system, code), where in self._index(typed, cf.path).items():

@@ -8,6 +8,8 @@ the hook context; dynamicValue expressions then set any other element.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from typing import Any
 
 from cds_service.engine._context import Outcome, RequestData
@@ -75,13 +77,18 @@ def _link_context(kind: str, resource: dict, data: RequestData) -> None:
     user = data.context.get("userId")
     if user and kind in ("ServiceRequest", "MedicationRequest", "CommunicationRequest", "DeviceRequest"):
         resource["requester"] = {"reference": user}
-    stamp = data.now.isoformat(timespec="seconds").replace("+00:00", "Z")
+    stamp = _stamp(data.now)
     if kind in ("ServiceRequest", "MedicationRequest", "CommunicationRequest", "DeviceRequest"):
         resource["authoredOn"] = stamp
     elif kind == "ImmunizationRecommendation":
         resource["date"] = stamp
     elif kind == "Task":
         resource["authoredOn"] = stamp
+
+
+@functools.lru_cache(maxsize=64)  # one moment per call, for each of its suggestions
+def _stamp(now: dt.datetime) -> str:
+    return now.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def set_path(resource: dict, path: str, value: Any) -> None:

@@ -14,6 +14,7 @@ follow medicationReference, so the service resolves references and filters here.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -61,18 +62,22 @@ def check_template(template: str, date_tokens: bool = False) -> None:
 
 def resolve(template: str, context: Mapping[str, Any], today: dt.date) -> str | None:
     """The query with its tokens replaced; None when a context field it needs is absent."""
-    missing = False
-
-    def replace(match: re.Match) -> str:
-        nonlocal missing
-        value = _token_value(match.group(1), context, today)
+    literals, tokens = _split(template)
+    out = [literals[0]]
+    for token, literal in zip(tokens, literals[1:], strict=True):
+        value = _token_value(token, context, today)
         if value is None:
-            missing = True
-            return ""
-        return value
+            return None
+        out += (value, literal)
+    return "".join(out)
 
-    query = _TOKEN.sub(replace, template)
-    return None if missing else query
+
+@functools.lru_cache(maxsize=4096)
+def _split(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A template as (literal text around the tokens, the tokens), split once: every call
+    resolves every key's template."""
+    parts = _TOKEN.split(template)  # the pattern's one group: literal, token, literal, ...
+    return tuple(parts[0::2]), tuple(parts[1::2])
 
 
 def _token_value(token: str, context: Mapping[str, Any], today: dt.date) -> str | None:
