@@ -73,6 +73,9 @@ class Settings:
     # gunicorn (mm-cds serve --prod); see cds_service/gunicorn_conf.py for why these defaults
     workers: int = 0  # 0: one per core, plus one
     threads: int = 4
+    # A keep-alive connection is closed after this many requests (its client reconnects, and
+    # the least busy worker takes it): spreads a client's connections over the workers (0: never)
+    keepalive_requests: int = 25
     graceful_timeout: int = 30
     # The URL callers use to reach the service (scheme, host, port, any path prefix); the
     # JWT audience is built from it. Empty: from the request URL (fine without a proxy).

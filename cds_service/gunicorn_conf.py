@@ -9,6 +9,7 @@ The service's own settings (config.py: MM_CDS_* variables, the MM_CDS_CONFIG fil
   workers           `workers`, or one per core plus one (see below)
   threads           `threads` (4) per worker, gthread workers
   graceful_timeout  `graceful_timeout` (30 s): in-flight calls finish on SIGTERM
+  pre_request       a keep-alive connection closes after `keepalive_requests` (25) requests
   loglevel          `log_level`
 
 Why one worker per core plus one, not gunicorn's 2 x cores + 1: evaluation is CPU-bound
@@ -149,8 +150,23 @@ def child_exit(server, worker) -> None:
     _multiprocess.mark_process_dead(worker.pid)
 
 
+# Keep-alive connections spread over the workers. A gthread worker keeps every connection it
+# accepted, and a client (or nginx's upstream pool) opens its connections in a burst, so one
+# worker can end up with most of them, or none, for as long as they live: one core idle, the
+# other's queue long. After `keepalive_requests` requests on a connection the answer says
+# "Connection: close"; the client reconnects, and the worker that accepts first is the one
+# whose main thread is free, the least busy. (nginx does the same: keepalive_requests.)
+_KEEPALIVE_REQUESTS = _settings.keepalive_requests
+
+
+def pre_request(worker, req) -> None:
+    if _KEEPALIVE_REQUESTS > 0 and req.req_number >= _KEEPALIVE_REQUESTS:
+        req.must_close = True  # gunicorn answers "Connection: close" and closes after the answer
+
+
 
 # Reload (`mm-cds reload`, or HUP to the master): with preload_app the workers fork from the
 # master's app, so the master reloads the knowledge first, then gunicorn replaces the workers.
 when_ready = _web.gunicorn_when_ready
 on_reload = _web.gunicorn_on_reload
+
