@@ -60,7 +60,9 @@ class Settings:
     knowledge_dirs: tuple[str, ...] = field(default_factory=_default_dirs)
     site_dirs: tuple[str, ...] = ()  # read after knowledge_dirs; same url replaces
     fetch_timeout: float = 5.0  # seconds for all fetches of one call
-    fetch_workers: int = 64  # every prefetch key of a call in flight at once, for several calls
+    # 0: every key and Medication read of two calls in flight at once (the most keys one
+    # call fetches, plus reads; at least 64): web/_app.fetch_threads
+    fetch_workers: int = 0
     fetch_max_pages: int = 20
     fetch_max_bytes: int = 16 * 1024 * 1024  # read from fhirServer in one call, all keys and pages
     # CRD-style {{today() - N days}} prefetch tokens, for clients known to resolve them. Off:
