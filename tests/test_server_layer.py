@@ -1,13 +1,18 @@
 """What a hook call costs around `service.call()` (issue 12), held by behaviour, never by time:
 the O-1 look-up of order-sign reads only the rows that rule decides on, through its index;
-issued cards written in batches of many calls all arrive; the metrics count every call
-and code; a keep-alive connection is closed after `keepalive_requests` answers."""
+issued cards written in batches of many calls all arrive, card records wait to share a
+transaction but feedback never waits for them, and close writes what lingers; the metrics
+count every call and code; a keep-alive connection is closed after `keepalive_requests`
+answers; the production server's processes allocate from at most two malloc arenas."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import http.client
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -125,6 +130,62 @@ def test_cards_of_many_calls_written_in_one_batch_all_arrive(app):
         == (len(cards), members, suggestions)
 
 
+def _card_row(uuid_: str) -> feedback.CardRow:
+    return feedback.CardRow(card_uuid=uuid_, service_id="mm-tcell-order-sign", hook_instance="h", code="SEQ-1",
+                            plan_url="u", plan_version=None, suggestions=(), issued_at=feedback_db.timestamp(NOW))
+
+
+def test_card_records_wait_to_share_a_transaction_but_feedback_never_waits(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    writer = feedback.Writer(db, linger=60.0).start()  # a linger no test run reaches
+    commits = []
+    real_transaction = db.transaction
+
+    def counted(conn, *args, **kwargs):
+        commits.append(kwargs.get("write", True))
+        return real_transaction(conn, *args, **kwargs)
+
+    db.transaction = counted  # type: ignore[method-assign]
+    try:
+        for i in range(5):
+            writer.record_cards([_card_row(f"c{i}")])
+        item = feedback.FeedbackRow(service_id="mm-tcell-order-sign", card_uuid="c0", outcome="overridden",
+                                    outcome_timestamp="2026-06-15T12:01:00Z", accepted_suggestions=(),
+                                    override_system=None, override_code=None, override_display=None,
+                                    user_comment=None, received_at=feedback_db.timestamp(NOW))
+        # committed at once, with the cards queued before it: not after the 60 s linger
+        assert writer.store_feedback([item], timeout=20) == 1
+        assert commits == [True]  # one transaction: five calls' cards and the feedback
+    finally:
+        db.transaction = real_transaction  # type: ignore[method-assign]
+        writer.close()
+    conn = db.connect()
+    try:
+        assert feedback.query(db, conn, "SELECT COUNT(*) AS n FROM issued_cards")[0]["n"] == 5
+    finally:
+        conn.close()
+
+
+def test_lingering_card_records_arrive_without_a_flush_and_close_writes_the_rest(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    writer = feedback.Writer(db, linger=0.2).start()
+    writer.record_cards([_card_row("soon")])
+    conn = db.connect()
+    try:
+        for _ in range(200):  # the linger ends on its own (bounded wait; no timing asserted)
+            if feedback.query(db, conn, "SELECT COUNT(*) AS n FROM issued_cards")[0]["n"]:
+                break
+            threading.Event().wait(0.05)
+        assert feedback.query(db, conn, "SELECT card_uuid FROM issued_cards") == [{"card_uuid": "soon"}]
+        slow = feedback.Writer(db, linger=60.0).start()
+        slow.record_cards([_card_row("at-close")])
+        slow.close()  # a worker exiting: what lingers is written
+        assert feedback.query(db, conn, "SELECT COUNT(*) AS n FROM issued_cards")[0]["n"] == 2
+    finally:
+        conn.close()
+        writer.close()
+
+
 def test_every_call_and_code_is_counted(app):
     client = app.test_client()
     before = client.get("/metrics").get_data(as_text=True)
@@ -163,3 +224,34 @@ def test_a_keep_alive_connection_is_closed_after_keepalive_requests_answers(tmp_
         conn.close()
     finally:
         server.stop()
+
+
+ARENAS = """
+import ctypes, sys, threading
+if sys.argv[1] == "production":
+    import cds_service.gunicorn_conf  # what gunicorn imports first, in the master
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_void_p,)
+def churn():  # malloc and free through ctypes: the GIL is released, the threads contend
+    for _ in range(20000):
+        libc.free(libc.malloc(700))
+threads = [threading.Thread(target=churn) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc.malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_the_production_settings_keep_malloc_to_two_arenas(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+
+    def arenas(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", ARENAS, mode], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sum(1 for line in done.stderr.splitlines() if line.startswith("Arena "))
+
+    assert arenas("production") <= 2 < arenas("plain")  # eight allocating threads would get more
