@@ -104,9 +104,10 @@ def over_http(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
     return rows, memory
 
 
-def fetch_path(app, calls: int = 15) -> dict:
+def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
     """Workload (a), 300 resources, nothing prefetched: every key and every Medication/<id>
-    read from a FHIR server in its own process, with 0 and 50 ms added to every request."""
+    read from a FHIR server in its own process, with 0 and 50 ms added to every request
+    (`stub_mode`: how bench/fhir_stub.py serves, keepalive or close; see there)."""
     state = app.extensions["mm_cds"]
     service = next(s for s in state.kb.services.values() if s.hook == WORKLOADS["a"].hook)
     result = {}
@@ -114,8 +115,8 @@ def fetch_path(app, calls: int = 15) -> dict:
         path = Path(tmp) / "chart.json"
         path.write_text(json.dumps(chart("a", 300)))
         for delay in (0.0, 0.05):
-            stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), str(path), str(delay)],
-                                    stdout=subprocess.PIPE, text=True)
+            stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), str(path), str(delay),
+                                     stub_mode], stdout=subprocess.PIPE, text=True)
             try:
                 base = stub.stdout.readline().strip()
                 body = {"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "context": context("a"), "fhirServer": base,
@@ -131,7 +132,8 @@ def fetch_path(app, calls: int = 15) -> dict:
                 reads = sum(1 for f in outcome.fetches if f.key == "Medication")
                 cards, _ = per_call(outcome)
                 result[delay] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
-                                 "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}"}
+                                 "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
+                                 "stub": stub_mode}
             finally:
                 stub.terminate()
                 stub.wait(10)
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--skip-fetch", action="store_true")
     parser.add_argument("--profile", choices=sorted(WORKLOADS), help="cProfile this workload instead of measuring")
     parser.add_argument("--resources", type=int, default=300, help="with --profile")
+    parser.add_argument("--stub", choices=("keepalive", "close"), default="keepalive",
+                        help="fetch path: how the FHIR stub serves (bench/fhir_stub.py; close: as before issue 12's http work)")
     parser.add_argument("--assume-unit-cache", action="store_true",
                         help="in process only: simulate failed unit conversions cached (the _units.py work)")
     args = parser.parse_args()
@@ -218,10 +222,10 @@ def main() -> None:
               + ", ".join(f"{m:.0f}" for m in server["worker_rss_mb"]))
 
     if not args.skip_fetch:
-        results["fetch"] = fetch = fetch_path(app)
+        results["fetch"] = fetch = fetch_path(app, stub_mode=args.stub)
         for label, key in (("at once", "no_delay"), ("+50 ms per request", "delay_50ms")):
             f = fetch[key]
-            print(f"\n(4) fetch path, workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} queries + "
+            print(f"\n(4) fetch path ({args.stub} stub), workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} queries + "
                   f"{f['medication_reads']} Medication reads per call, {f['cards']} cards; median {f['median_ms']:.0f} ms, "
                   f"p95 {f['p95_ms']:.0f} ms (load {f['load']})")
 

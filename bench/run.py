@@ -113,10 +113,15 @@ class ProductionServer:
         # The shipped knowledge does not meet the go-live gate: the bench accepts that explicitly.
         env = dict(os.environ, MM_CDS_LOG_LEVEL="WARNING", MM_CDS_DATA_DIR=tempfile.mkdtemp(prefix="mm-bench-"),
                    MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES="all")
+        env.setdefault("MM_CDS_SERVICE_SECRET", "bench-secret-0123456789abcdef")  # the production server needs one
         started = time.monotonic()
+        self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "mm-cds"), "serve", "--prod", "--port", str(self.port)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        env=env, stdout=subprocess.DEVNULL, stderr=self.stderr)
         while time.monotonic() - started < 60:
+            if self.process.poll() is not None:
+                self.stderr.seek(0)
+                raise SystemExit("the production server exited: " + self.stderr.read().decode(errors="replace")[-2000:])
             try:
                 if requests.get(f"{self.base}/ready", timeout=1).status_code == 200:
                     break

@@ -60,7 +60,9 @@ class Settings:
     knowledge_dirs: tuple[str, ...] = field(default_factory=_default_dirs)
     site_dirs: tuple[str, ...] = ()  # read after knowledge_dirs; same url replaces
     fetch_timeout: float = 5.0  # seconds for all fetches of one call
-    fetch_workers: int = 64  # every prefetch key of a call in flight at once, for several calls
+    # 0: every key and Medication read of two calls in flight at once (the most keys one
+    # call fetches, plus reads; at least 64): web/_app.fetch_threads
+    fetch_workers: int = 0
     fetch_max_pages: int = 20
     fetch_max_bytes: int = 16 * 1024 * 1024  # read from fhirServer in one call, all keys and pages
     # CRD-style {{today() - N days}} prefetch tokens, for clients known to resolve them. Off:
@@ -73,6 +75,9 @@ class Settings:
     # gunicorn (mm-cds serve --prod); see cds_service/gunicorn_conf.py for why these defaults
     workers: int = 0  # 0: one per core, plus one
     threads: int = 4
+    # A keep-alive connection is closed after this many requests (its client reconnects, and
+    # the least busy worker takes it): spreads a client's connections over the workers (0: never)
+    keepalive_requests: int = 25
     graceful_timeout: int = 30
     # The URL callers use to reach the service (scheme, host, port, any path prefix); the
     # JWT audience is built from it. Empty: from the request URL (fine without a proxy).

@@ -9,6 +9,10 @@ The service's own settings (config.py: MM_CDS_* variables, the MM_CDS_CONFIG fil
   workers           `workers`, or one per core plus one (see below)
   threads           `threads` (4) per worker, gthread workers
   graceful_timeout  `graceful_timeout` (30 s): in-flight calls finish on SIGTERM
+  pre_request       a keep-alive connection closes after `keepalive_requests` (25) requests
+
+Memory: at most two glibc malloc arenas per process (_limit_malloc_arenas), unless
+MALLOC_ARENA_MAX is set.
   loglevel          `log_level`
 
 Why one worker per core plus one, not gunicorn's 2 x cores + 1: evaluation is CPU-bound
@@ -44,6 +48,26 @@ import sys
 import tempfile
 
 _MASTER = os.getpid()
+
+
+def _limit_malloc_arenas(count: int) -> None:
+    """glibc gives each thread that allocates under contention an arena of its own (up to 8
+    per core), and each keeps the high-water mark of what its threads once held: a worker's
+    request, fetch, writer and look-up threads. Two arenas keep a worker that has answered
+    10,000-resource charts about 5-10 MB smaller (bench: ~145 instead of ~152 MB) at no CPU
+    cost (the GIL already serialises most allocation). Set first, before any thread starts;
+    MALLOC_ARENA_MAX in the environment, which glibc reads itself, is left to decide."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, count)  # M_ARENA_MAX; no such symbol off glibc (musl, macOS)
+    except (OSError, AttributeError):
+        pass
+
+
+_limit_malloc_arenas(2)
 
 
 def _remove_own_metrics_dir(path: str) -> None:
@@ -149,8 +173,23 @@ def child_exit(server, worker) -> None:
     _multiprocess.mark_process_dead(worker.pid)
 
 
+# Keep-alive connections spread over the workers. A gthread worker keeps every connection it
+# accepted, and a client (or nginx's upstream pool) opens its connections in a burst, so one
+# worker can end up with most of them, or none, for as long as they live: one core idle, the
+# other's queue long. After `keepalive_requests` requests on a connection the answer says
+# "Connection: close"; the client reconnects, and the worker that accepts first is the one
+# whose main thread is free, the least busy. (nginx does the same: keepalive_requests.)
+_KEEPALIVE_REQUESTS = _settings.keepalive_requests
+
+
+def pre_request(worker, req) -> None:
+    if _KEEPALIVE_REQUESTS > 0 and req.req_number >= _KEEPALIVE_REQUESTS:
+        req.must_close = True  # gunicorn answers "Connection: close" and closes after the answer
+
+
 
 # Reload (`mm-cds reload`, or HUP to the master): with preload_app the workers fork from the
 # master's app, so the master reloads the knowledge first, then gunicorn replaces the workers.
 when_ready = _web.gunicorn_when_ready
 on_reload = _web.gunicorn_on_reload
+

@@ -286,7 +286,7 @@ def test_the_data_dir_is_created_and_the_schema_versioned(make_app, tmp_path):
     assert (tmp_path / "nested" / "data" / "feedback.sqlite3").is_file()
     writer = web.state_of(app).feedback
     conn = writer.db.connect()
-    assert [r["version"] for r in feedback.query(writer.db, conn, "SELECT version FROM schema_migrations")] == [1, 2, 3, 4]
+    assert [r["version"] for r in feedback.query(writer.db, conn, "SELECT version FROM schema_migrations")] == [1, 2, 3, 4, 5]
     conn.close()
 
 

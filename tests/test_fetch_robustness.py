@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cds_service import create_app
-from cds_service.data import RequestsTransport, same_server
+from cds_service.data import HttpTransport, same_server
 from cds_service.errors import FetchError
 
 from .conftest import NOW
@@ -164,7 +164,7 @@ def closes_after_one_answer(conn: socket.socket) -> None:
 def test_a_get_on_a_stale_keep_alive_connection_is_retried_once_on_a_fresh_one():
     server = RawServer(closes_after_one_answer)
     try:
-        transport = RequestsTransport()
+        transport = HttpTransport()
         first = transport.get(f"{server.base}/Patient/p1", {}, 2.0)
         second = transport.get(f"{server.base}/Patient/p1", {}, 2.0)  # the pooled connection is stale
         assert (first.status, json.loads(first.body)) == (200, {"resourceType": "Patient", "id": "p1"})
@@ -181,7 +181,7 @@ def test_a_connection_that_keeps_failing_is_still_a_connection_error():
     server = RawServer(always_closes)
     try:
         with pytest.raises(FetchError) as info:
-            RequestsTransport().get(f"{server.base}/Patient/p1", {}, 2.0)
+            HttpTransport().get(f"{server.base}/Patient/p1", {}, 2.0)
         assert info.value.kind == "connection"
         assert server.accepted == 2  # one retry, not more
     finally:

@@ -8,7 +8,8 @@ Public API:
     RequestData       what the engine evaluates over
     FetchSettings     transport, executor, timeout, page and byte limits
     FetchRecord       one key fetched: outcome kind and seconds (the caller records metrics)
-    Transport, RequestsTransport, Response, ByteBudget   the injectable HTTP transport
+    Transport, HttpTransport, Response, ByteBudget   the injectable HTTP transport (urllib3;
+                      RequestsTransport: its former name)
     bundle_resources(bundle), next_link(bundle)         reading Bundles
     same_server(base, url)   url under the FHIR base (normalised; userinfo, `.` and `..` refused)
     draft_orders(context), trigger_orders(hook, context, orders)
@@ -27,6 +28,7 @@ from cds_service.data._assemble import (
 )
 from cds_service.data._fetch import (
     ByteBudget,
+    HttpTransport,
     RequestsTransport,
     Response,
     Transport,
@@ -36,6 +38,7 @@ from cds_service.data._fetch import (
 )
 
 __all__ = [
-    "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "KeyReport", "RequestData", "RequestsTransport",
+    "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "HttpTransport", "KeyReport", "RequestData",
+    "RequestsTransport",
     "Response", "Transport", "assemble", "bundle_resources", "draft_orders", "next_link", "same_server", "trigger_orders",
 ]

@@ -12,17 +12,18 @@ the call's deadline. requests' timeout is per socket read, so a server trickling
 at a time would hold a thread far longer; a watchdog thread (`_Reaper`) shuts the
 connection's socket down at the deadline, which wakes the blocked read at once.
 
-Connections: one keep-alive session per fetch thread (urllib3 pools: at most 10 hosts a
-thread, one connection a host, since a thread sends one request at a time). A GET that
+Connections: urllib3 pools per fetch thread (at most 10 hosts a thread, one keep-alive
+connection a host, since a thread sends one request at a time). A GET that
 fails with a connection error (typically a pooled connection the server had closed while
 it was idle) is retried once on a fresh connection, if the deadline allows.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
-import json
+import os
 import socket
 import threading
 import time
@@ -30,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import orjson
+import requests.utils
+import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -86,7 +88,10 @@ class _Reaper:
             ticket = next(self._ids)
             heapq.heappush(self._heap, (deadline, ticket, connection))
             self._live.add(ticket)
-            self._wake.notify()
+            if self._heap[0][1] == ticket:
+                # the earliest deadline now: the thread must wake sooner. Otherwise it is
+                # already waiting for an earlier one (a call's GETs share one deadline).
+                self._wake.notify()
             return ticket
 
     def release(self, ticket: int) -> None:
@@ -146,41 +151,65 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-class _WatchedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+def _ca_bundle() -> dict[str, str]:
+    """Where the CA certificates are, as requests finds them: REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE (a file or a directory), else the certifi bundle requests ships with."""
+    path = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if path:
+        return {"ca_cert_dir": path} if os.path.isdir(path) else {"ca_certs": path}
+    return {"ca_certs": requests.utils.extract_zipped_paths(requests.utils.DEFAULT_CA_BUNDLE_PATH)}
 
 
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    adapter = _WatchedAdapter(pool_connections=10, pool_maxsize=1, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+@functools.lru_cache(maxsize=256)
+def _proxy_for(origin: str) -> str | None:
+    """The proxy the environment names for this origin (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY,
+    NO_PROXY, as requests reads them), looked up once per origin rather than per GET."""
+    return requests.utils.select_proxy(origin, requests.utils.get_environ_proxies(origin))
 
 
-class RequestsTransport:
-    """HTTP through requests, one keep-alive session per thread. `max_bytes` caps each
-    answer on its own (for callers without a budget, e.g. a key set download).
+def _pools(proxy: str | None) -> urllib3.PoolManager:
+    """One thread's pools: at most 10 hosts, one keep-alive connection each, watched."""
+    options: dict[str, Any] = {"num_pools": 10, "maxsize": 1, "block": False, "retries": False,
+                               "cert_reqs": "CERT_REQUIRED", **_ca_bundle()}
+    manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+    manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+    return manager
 
-    `timeout` is the whole GET: connect, headers and body end by then (see _Reaper)."""
+
+# requests' defaults that a FHIR server may rely on (compressed answers); urllib3 decodes them.
+_DEFAULT_HEADERS = {"User-Agent": "mm-cds", "Accept-Encoding": "gzip, deflate"}
+
+
+class HttpTransport:
+    """HTTP GETs through urllib3, one keep-alive pool manager per thread (and per proxy the
+    environment names). `max_bytes` caps each answer on its own (for callers without a
+    budget, e.g. a key set download).
+
+    `timeout` is the whole GET: connect, headers and body end by then (see _Reaper).
+    urllib3 directly rather than requests: a GET costs about half the CPU (no per-request
+    environment, netrc and hook processing), which matters when a call sends 50 of them.
+    What requests took from the environment is kept: proxies, the CA bundle variables."""
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self._local = threading.local()
         self.max_bytes = max_bytes
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = _new_session()
-        return session
+    def _manager(self, url: str) -> urllib3.PoolManager:
+        parts = urlsplit(url)
+        proxy = _proxy_for(f"{parts.scheme}://{parts.netloc}")
+        managers: dict[str | None, urllib3.PoolManager] | None = getattr(self._local, "managers", None)
+        if managers is None:
+            managers = self._local.managers = {}
+        manager = managers.get(proxy)
+        if manager is None:
+            manager = managers[proxy] = _pools(proxy)
+        return manager
 
-    def _drop_session(self) -> None:
-        session = getattr(self._local, "session", None)
-        self._local.session = None
-        if session is not None:
-            session.close()
+    def _drop_connections(self) -> None:
+        managers = getattr(self._local, "managers", None) or {}
+        self._local.managers = None
+        for manager in managers.values():
+            manager.clear()
 
     def get(self, url: str, headers: dict[str, str], timeout: float,
             budget: ByteBudget | None = None) -> Response:
@@ -191,22 +220,28 @@ class RequestsTransport:
         try:
             try:
                 return self._get(url, headers, deadline, budget)
-            except requests.ConnectionError as exc:
+            except _CONNECTION_ERRORS:
                 # Most often a keep-alive connection the server closed while idle: an
                 # idempotent GET is sent once more, on a fresh connection, in the time left.
-                self._drop_session()
-                if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
+                self._drop_connections()
+                if time.monotonic() >= deadline:
                     raise
                 return self._get(url, headers, deadline, budget)
-        except requests.RequestException as exc:
-            self._drop_session()
-            if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
+        except urllib3.exceptions.HTTPError as exc:
+            self._drop_connections()
+            if isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(exc, _CONNECTION_ERRORS) \
+                    or time.monotonic() >= deadline:
                 raise FetchError(f"timed out after {timeout:.1f}s", kind="timeout") from None
-            if isinstance(exc, requests.ConnectionError):
+            if isinstance(exc, _CONNECTION_ERRORS):
                 raise FetchError(f"connection failed: {type(exc).__name__}", kind="connection") from None
             raise FetchError(f"request failed: {type(exc).__name__}") from None
+        except (OSError, ValueError) as exc:  # a socket error urllib3 did not wrap; a URL it cannot send
+            self._drop_connections()
+            if time.monotonic() >= deadline:
+                raise FetchError(f"timed out after {timeout:.1f}s", kind="timeout") from None
+            raise FetchError(f"request failed: {type(exc).__name__}") from None
         except FetchError:
-            self._drop_session()
+            self._drop_connections()
             raise
         finally:
             for ticket in _watch.tickets:
@@ -215,16 +250,31 @@ class RequestsTransport:
 
     def _get(self, url: str, headers: dict[str, str], deadline: float, budget: ByteBudget | None) -> Response:
         remaining = max(0.001, deadline - time.monotonic())
-        with self._session().get(url, headers=headers, timeout=remaining, stream=True, allow_redirects=False) as r:
+        response = self._manager(url).request(
+            "GET", url, headers={**_DEFAULT_HEADERS, **headers}, preload_content=False, redirect=False,
+            retries=False, timeout=urllib3.Timeout(connect=remaining, read=remaining))
+        try:
             chunks = []
-            for chunk in r.iter_content(65536):
+            for chunk in response.stream(65536, decode_content=True):
                 if budget is not None:
                     budget.spend(len(chunk))
                 chunks.append(chunk)
             if time.monotonic() >= deadline:
                 # the watchdog closed the connection: what was read is cut short
-                raise requests.Timeout("deadline")
-            return Response(r.status_code, b"".join(chunks))
+                raise urllib3.exceptions.ReadTimeoutError(None, url, "deadline")  # type: ignore[arg-type]
+            return Response(response.status, b"".join(chunks))
+        except BaseException:
+            response.close()  # never back into the pool: it may be cut, or mid-answer
+            raise
+        finally:
+            response.release_conn()
+
+
+# A connection refused, reset or closed before an answer: worth one retry on a fresh one.
+# (NewConnectionError subclasses ConnectTimeoutError in urllib3 2: tested first.)
+_CONNECTION_ERRORS = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError)
+
+RequestsTransport = HttpTransport  # its former name (it used requests)
 
 
 class FhirClient:
@@ -339,7 +389,7 @@ def _normalised(url: str) -> tuple[str, str, int, str] | None:
 
 def _json(body: bytes) -> dict:
     try:
-        value = json.loads(body)
+        value = orjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise FetchError("the answer is not JSON", kind="not_json") from None
     if not isinstance(value, dict):

@@ -110,6 +110,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE issued_card_members ADD COLUMN indicator TEXT",
         "CREATE INDEX issued_cards_patient ON issued_cards (patient_key, issued_at)",
     ),
+    (  # version 5: the O-1 look-up of an order-sign call reads one hook's cards (order-select) of
+        # the patient: without the hook in the index it walked every card of the patient in the
+        # window, its own order-sign cards included (a patient signed often: thousands of rows).
+        # The new index replaces (patient_key, issued_at): its leading column serves the chart
+        # look-up as well, and every index costs each of the ~10 card rows a call writes.
+        "CREATE INDEX issued_cards_patient_hook ON issued_cards (patient_key, hook, issued_at)",
+        "DROP INDEX issued_cards_patient",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -175,9 +183,10 @@ def timestamp(moment: dt.datetime) -> str:
 
 def card_rows(service_id: str, hook_instance: str, issued: Sequence[IssuedCard], now: dt.datetime,
               keys: CallKeys | None = None) -> list[CardRow]:
+    issued_at = timestamp(now)
     return [CardRow(card_uuid=c.uuid, service_id=service_id, hook_instance=hook_instance, code=c.code,
                     plan_url=c.plan_url, plan_version=c.plan_version, suggestions=c.suggestions,
-                    issued_at=timestamp(now), members=c.members, suggestion_members=c.suggestion_members,
+                    issued_at=issued_at, members=c.members, suggestion_members=c.suggestion_members,
                     hook=keys.hook if keys else None, patient_key=keys.patient if keys else None,
                     user_key=keys.user if keys else None, encounter_key=keys.encounter if keys else None,
                     trigger_orders=keys.trigger_orders if keys else (), indicator=c.indicator,
@@ -223,16 +232,22 @@ def insert_cards(db: Database, cur: Any, rows: Sequence[CardRow]) -> None:
                      " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
     owners = db.sql("INSERT INTO issued_suggestions (card_uuid, suggestion_uuid, member_code) VALUES (?, ?, ?)"
                     " ON CONFLICT DO NOTHING")
+    cards: list[tuple[Any, ...]] = []
+    card_members: list[tuple[Any, ...]] = []
+    suggestions: list[tuple[Any, ...]] = []
     for r in rows:
-        cur.execute(statement, (r.card_uuid, r.service_id, r.hook_instance, r.code, r.plan_url, r.plan_version,
-                                json.dumps(list(r.suggestions)), r.issued_at, r.hook, r.patient_key, r.user_key,
-                                r.encounter_key, json.dumps(list(r.trigger_orders)), r.indicator))
+        cards.append((r.card_uuid, r.service_id, r.hook_instance, r.code, r.plan_url, r.plan_version,
+                      json.dumps(list(r.suggestions)), r.issued_at, r.hook, r.patient_key, r.user_key,
+                      r.encounter_key, json.dumps(list(r.trigger_orders)), r.indicator))
         facts = {code: (fingerprint, indicator) for code, fingerprint, indicator in r.member_facts}
         for code in dict.fromkeys(r.members or (r.code,)):
             fingerprint, indicator = facts.get(code, (None, r.indicator))
-            cur.execute(members, (r.card_uuid, code, fingerprint, indicator))
-        for suggestion, code in r.suggestion_members:
-            cur.execute(owners, (r.card_uuid, suggestion, code))
+            card_members.append((r.card_uuid, code, fingerprint, indicator))
+        suggestions.extend((r.card_uuid, suggestion, code) for suggestion, code in r.suggestion_members)
+    # One statement per table for the whole batch (the writer's rows of many calls at once).
+    for text, params in ((statement, cards), (members, card_members), (owners, suggestions)):
+        if params:
+            cur.executemany(text, params)
 
 
 def insert_feedback(db: Database, cur: Any, rows: Sequence[FeedbackRow]) -> int:
@@ -276,15 +291,30 @@ HISTORY = (
     " THEN 1 ELSE 0 END AS accepted_member"
     " FROM issued_cards c JOIN issued_card_members m ON m.card_uuid = c.card_uuid"
     " LEFT JOIN feedback f ON f.card_uuid = c.card_uuid"
-    " WHERE c.patient_key = ? AND (c.issued_at >= ? OR f.outcome_timestamp >= ?)")
+    " WHERE c.patient_key = ?")  # history() adds the window (and the hook)
 
 
 def history(db: Database, conn: Any, patient_key: str, since: dt.datetime, user_key: str | None = None,
-            codes: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The rows repeat suppression decides on, for one patient (and user, scope patient+user)."""
-    text = HISTORY
+            codes: Sequence[str] = (), *, hook: str | None = None,
+            encounter_key: str | None = None) -> list[dict[str, Any]]:
+    """The rows repeat suppression decides on, for one patient (and user, scope patient+user).
+
+    With `hook` (the O-1 look-up of order-sign): only that hook's cards issued since `since`
+    (not older ones answered since) in the encounter `encounter_key` (None: issued without
+    one), the rows that rule reads, found through the (patient_key, hook, issued_at) index."""
     # the LIKE's quotes and wildcards as parameters: a literal % would be a marker to psycopg
-    params: list[Any] = ['%"', '"%', patient_key, timestamp(since), since.strftime("%Y-%m-%d")]
+    params: list[Any] = ['%"', '"%', patient_key]
+    if hook is None:
+        text = HISTORY + " AND (c.issued_at >= ? OR f.outcome_timestamp >= ?)"
+        params += [timestamp(since), since.strftime("%Y-%m-%d")]
+    else:
+        text = HISTORY + " AND c.hook = ? AND c.issued_at >= ?"
+        params += [hook, timestamp(since)]
+        if encounter_key is None:
+            text += " AND c.encounter_key IS NULL"
+        else:
+            text += " AND c.encounter_key = ?"
+            params.append(encounter_key)
     if user_key is not None:
         text += " AND c.user_key = ?"
         params.append(user_key)

@@ -30,11 +30,13 @@ class History:
         self._local = threading.local()
 
     def rows(self, patient_key: str, since: dt.datetime, user_key: str | None = None,
-             codes: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+             codes: tuple[str, ...] = (), *, hook: str | None = None,
+             encounter_key: str | None = None) -> list[dict[str, Any]]:
+        """feedback_db.history's rows (`hook`, `encounter_key`: the O-1 look-up)."""
         if not self._free.acquire(blocking=False):
             raise StoreUnavailable("suppression store busy")
         try:
-            future = self._pool.submit(self._query, patient_key, since, user_key, codes)
+            future = self._pool.submit(self._query, patient_key, since, user_key, codes, hook, encounter_key)
         except RuntimeError:
             self._free.release()
             raise StoreUnavailable("suppression store closed") from None
@@ -46,13 +48,14 @@ class History:
         except Exception as exc:
             raise StoreUnavailable(f"suppression store failed: {type(exc).__name__}") from None
 
-    def _query(self, patient_key: str, since: dt.datetime, user_key: str | None,
-               codes: tuple[str, ...]) -> list[dict[str, Any]]:
+    def _query(self, patient_key: str, since: dt.datetime, user_key: str | None, codes: tuple[str, ...],
+               hook: str | None, encounter_key: str | None) -> list[dict[str, Any]]:
         conn = getattr(self._local, "conn", None)
         try:
             if conn is None:
                 conn = self._local.conn = self.db.connect()
-            return feedback_db.history(self.db, conn, patient_key, since, user_key, codes)
+            return feedback_db.history(self.db, conn, patient_key, since, user_key, codes, hook=hook,
+                                       encounter_key=encounter_key)
         except Exception:
             self._local.conn = None
             if conn is not None:

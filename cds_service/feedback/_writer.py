@@ -4,7 +4,8 @@ A hook call hands over its issued cards and returns at once: it never waits for 
 database. A feedback POST queues its rows behind them and waits for its own commit, so
 (the queue being first in, first out) any card this process issued before is in the
 database by then, and a 200 means stored. Rows are written in batches, one transaction
-each. If the database fails, the batch is retried with back-off; a feedback POST that
+each; card records wait up to LINGER (50 ms) for others to join theirs, a feedback POST,
+a flush or close never waits for that. If the database fails, the batch is retried with back-off; a feedback POST that
 waits longer than feedback_wait gets 503, its rows still queued, and the client's retry
 is harmless (feedback is idempotent). If the queue is full, issued-card records are
 dropped and logged rather than slowing the clinician's hook call; feedback arriving for
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 BATCH = 500
 MAX_BACKOFF = 5.0
 PURGE_EVERY = 1000  # card records written between two retention deletes
+# Card records (nobody waits for them) are held this long for more to join their transaction:
+# a commit costs its own work (and, FULL sync, an fsync) besides the rows'. Feedback, a flush
+# or close ends the wait at once.
+LINGER = 0.05
 
 
 @dataclass
@@ -44,13 +49,16 @@ class _Job:
     cards: Sequence[CardRow] = ()
     feedback: Sequence[FeedbackRow] = ()
     done: threading.Event = field(default_factory=threading.Event)
+    waited: bool = False  # someone waits for the commit (feedback, a flush): no linger
     new: int = 0  # feedback rows not seen before, once written
     error: str | None = None  # the database refused these rows (see Writer._isolate)
 
 
 class Writer:
-    def __init__(self, db: Database, queue_size: int = 10000, issued_card_days: float = 0.0):
+    def __init__(self, db: Database, queue_size: int = 10000, issued_card_days: float = 0.0,
+                 linger: float = LINGER):
         self.db = db
+        self.linger = linger
         self.retention = dt.timedelta(days=issued_card_days) if issued_card_days > 0 else None
         self._cards_since_purge = 0
         self.purged_cards = 0
@@ -85,7 +93,7 @@ class Writer:
         """Waits until the rows are committed; returns how many were new."""
         if fail_fast and self._down.is_set():
             raise StoreUnavailable("the feedback database is unavailable")
-        job = _Job(feedback=rows)
+        job = _Job(feedback=rows, waited=True)
         deadline = time.monotonic() + timeout
         try:
             self._queue.put(job, timeout=timeout)
@@ -128,15 +136,21 @@ class Writer:
             if first is None:
                 break
             batch = [first]
+            # Card records only: wait up to `linger` for more; anything someone waits for
+            # (feedback, a flush, close's flush) is written with the batch at once.
+            until = None if first.waited else time.monotonic() + self.linger
             while len(batch) < BATCH:
+                wait = 0.0 if until is None else until - time.monotonic()
                 try:
-                    job = self._queue.get_nowait()
+                    job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is None:
                     stopping = True  # write this batch, then stop
                     break
                 batch.append(job)
+                if job.waited:
+                    until = None  # take what is queued already, then commit
             self._write(batch)
         if self._conn is not None:
             self._conn.close()

@@ -14,6 +14,7 @@ does it, and clears the files of exited workers.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -53,6 +54,19 @@ KNOWLEDGE = Gauge("mm_cds_knowledge_info", "The loaded knowledge (value 1), by f
 KNOWLEDGE_LOAD = Gauge("mm_cds_knowledge_load_seconds", "Time to load and compile the knowledge artifacts",
                        multiprocess_mode="max")
 
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set (labels are bounded, see
+    above): a request counts about 20 samples, and `labels()` validates and locks each time."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children.setdefault(key, metric.labels(*labels))
+    return child
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -78,23 +92,23 @@ def set_knowledge(kb: KnowledgeBase, previous: KnowledgeBase | None = None) -> N
 
 
 def observe_fetch(outcome: str, seconds: float) -> None:
-    FETCHES.labels(outcome).inc()
+    _child(FETCHES, outcome).inc()
     FETCH_LATENCY.observe(seconds)
 
 
 def observe_request(endpoint: str, status: int, record: RequestRecord) -> None:
     """One request answered: its counts, latency, cards, drops and the fetches it made."""
-    REQUESTS.labels(endpoint, record.service, str(status)).inc()
-    LATENCY.labels(endpoint, record.service).observe(record.seconds())
+    _child(REQUESTS, endpoint, record.service, str(status)).inc()
+    _child(LATENCY, endpoint, record.service).observe(record.seconds())
     if status >= 400:
-        ERRORS.labels(str(status)).inc()
+        _child(ERRORS, str(status)).inc()
     for code in record.codes or ():
-        CARDS.labels(record.service, code).inc()
+        _child(CARDS, record.service, code).inc()
     for code in record.suppressed or ():
-        SUPPRESSED.labels(record.service, code).inc()
+        _child(SUPPRESSED, record.service, code).inc()
     if record.suppression:
-        SUPPRESSION_UNAVAILABLE.labels(record.service).inc()
+        _child(SUPPRESSION_UNAVAILABLE, record.service).inc()
     if record.dropped:
-        ERRORS.labels("card_dropped").inc(record.dropped)
+        _child(ERRORS, "card_dropped").inc(record.dropped)
     for fetch in record.fetches:
         observe_fetch(fetch.outcome, fetch.seconds)

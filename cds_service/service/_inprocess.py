@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service import knowledge
-from cds_service.data import FetchSettings, RequestsTransport
+from cds_service.data import FetchSettings, HttpTransport
 from cds_service.knowledge import KnowledgeBase, Service
 from cds_service.scenarios import Scenario
 from cds_service.service import _call as hooks
@@ -62,7 +62,7 @@ class Local:
     def open(cls, kb: KnowledgeBase, timeout: float = 5.0) -> Local:
         # Only a request that names a fhirServer and lacks prefetch fetches anything.
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fhir-fetch")
-        return cls(kb, FetchSettings(RequestsTransport(), executor, timeout))
+        return cls(kb, FetchSettings(HttpTransport(), executor, timeout))
 
     def services(self, hook: str, service_id: str | None = None) -> list[Service]:
         """The service named, or every service answering the hook (what an EHR calls)."""

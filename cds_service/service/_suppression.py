@@ -20,7 +20,7 @@ from cds_service.errors import StoreUnavailable
 from cds_service.knowledge import INDICATOR_RANK, Suppression
 
 UNAVAILABLE = "suppression store unavailable"
-History = Callable[..., list[dict[str, Any]]]  # (patient_key, since, user_key, codes) -> rows
+History = Callable[..., list[dict[str, Any]]]  # (patient_key, since, user_key, codes, *, hook, encounter_key) -> rows
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,9 @@ def _order_sign(result: PlanResult, repeat: Repeat, now: dt.datetime) -> Decisio
         return decision
     since = now - dt.timedelta(hours=repeat.order_hours)
     try:
-        rows = repeat.history(repeat.patient, since, None, ())
+        # Only what O-1 reads: this encounter's order-select cards issued in the window (the
+        # filter below stays: a history that ignores the keywords is still answered right).
+        rows = repeat.history(repeat.patient, since, None, (), hook="order-select", encounter_key=repeat.encounter)
     except StoreUnavailable:
         decision.note = UNAVAILABLE
         return decision

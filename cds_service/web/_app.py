@@ -11,7 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from cds_service import config, feedback, fhirpath, knowledge, ops, security, service
-from cds_service.data import FetchSettings, RequestsTransport, Transport
+from cds_service.data import FetchSettings, HttpTransport, Transport
 from cds_service.errors import ConfigurationError
 from cds_service.feedback import open_writer
 from cds_service.knowledge import KnowledgeBase
@@ -32,6 +32,26 @@ from cds_service.web._state import Clock, State, install
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+# Medication reads a call may add to its keys (one per distinct drug referenced but not sent).
+FETCH_READS_ALLOWANCE = 16
+# Calls of one process whose every key and read can be in flight at once. Not `threads`
+# (4): each GET past what the FHIR server's listen queue holds (often 128) waits a SYN
+# retransmit (1 s), and an EHR asked for 200 searches at once by one worker may throttle.
+# A third concurrent fetching call's keys wait for free threads (a round trip more).
+FETCH_CALLS_AT_ONCE = 2
+
+
+def fetch_threads(settings: config.Settings, kb: KnowledgeBase) -> int:
+    """The fetch executor's size: `fetch_workers`, or (0) enough threads for every key of
+    FETCH_CALLS_AT_ONCE calls, each with its Medication reads, to be in flight at once
+    (at least 64). Too few, and a call's last keys wait for its first to answer."""
+    if settings.fetch_workers > 0:
+        return settings.fetch_workers
+    keys = max((sum(1 for r in s.plan.requirements if r.template is not None and not r.derived_from)
+                for s in kb.services.values()), default=0)
+    return max(64, FETCH_CALLS_AT_ONCE * (keys + FETCH_READS_ALLOWANCE))
 
 
 def create_app(
@@ -71,8 +91,9 @@ def create_app(
         settings=settings,
         kb=kb,
         fetch=FetchSettings(
-            transport=transport or RequestsTransport(),
-            executor=ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="fhir-fetch"),
+            transport=transport or HttpTransport(),
+            # threads start as needed (ThreadPoolExecutor): an idle worker holds few
+            executor=ThreadPoolExecutor(max_workers=fetch_threads(settings, kb), thread_name_prefix="fhir-fetch"),
             timeout=settings.fetch_timeout,
             max_pages=settings.fetch_max_pages,
             max_bytes=settings.fetch_max_bytes,

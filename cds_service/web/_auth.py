@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, request
 
-from cds_service.data import RequestsTransport
+from cds_service.data import HttpTransport
 from cds_service.errors import Unauthenticated
 from cds_service.security import (
     KeyStore,
@@ -38,7 +38,7 @@ JWKS_MAX_BYTES = 1024 * 1024
 
 
 def build_guard(config: SecurityConfig, replay: ReplayGuard | None = None) -> Guard:
-    keys = KeyStore(config, RequestsTransport(max_bytes=JWKS_MAX_BYTES))
+    keys = KeyStore(config, HttpTransport(max_bytes=JWKS_MAX_BYTES))
     return Guard(config, TokenVerifier(config, keys, replay if replay is not None else ReplayGuard()))
 
 
