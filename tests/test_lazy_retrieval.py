@@ -46,3 +46,21 @@ def test_explain_reports_the_counts_of_every_requirement(busy, monkeypatch):  # 
     reports = outcome.response["extension"]["org.myeloma-cds.explain"]["dataRequirements"]
     assert set(reports) == {r.key for r in svc.plan.requirements}
     assert all("count" in report for report in reports.values())
+
+
+def test_a_call_leaves_no_cycles_holding_its_data(busy):  # noqa: F811
+    """The call's data (its records, their indexes) is freed when the call returns, by
+    reference counting: a cycle through the evaluation (an environment holding the run that
+    holds it) kept megabytes per call alive until a collection, in every worker thread."""
+    import gc
+
+    kb, svc, body, fetch = busy
+    run(busy, 1)
+    gc.collect()
+    gc.disable()
+    try:
+        outcome = service.call(kb, svc, body, workloads.NOW, fetch)
+        del outcome
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

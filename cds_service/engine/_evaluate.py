@@ -87,6 +87,29 @@ class PlanResult:
         return [c for c in self.cards if c.fired and c.suppressed is None]
 
 
+class _Variables:
+    """Computes a %variable on first read (an Environment's `compute`), recording it for the
+    trace when explaining."""
+
+    def __init__(self, evaluator: Evaluator, explain: bool, recorded: dict[str, Outcome]):
+        self.evaluator, self.explain, self.recorded = evaluator, explain, recorded
+
+    def __call__(self, variable: Variable, env: Environment) -> list:
+        if not self.explain:  # only the trace shows variables (values and errors)
+            try:
+                return self.evaluator.run(variable.expression, env)
+            except EvaluationError:
+                return []
+        outcome = Outcome(variable.element, variable.expression.source)
+        try:
+            value = self.evaluator.run(variable.expression, env)
+            outcome.value = _summary(value)
+        except EvaluationError as exc:
+            value, outcome.error = [], str(exc)
+        self.recorded.setdefault(variable.name, outcome)
+        return value
+
+
 class _Run:
     """State of one evaluation: the evaluator, the environment and the trace."""
 
@@ -95,6 +118,9 @@ class _Run:
         self.scope = Scope(terminology=terminology, today=data.today, now=data.now, eager=explain)
         self.evaluator = Evaluator(self.scope, data.patient)
         self.variables: dict[str, Outcome] = {}
+        # Not a bound method of the run: the environment would then hold the run that holds
+        # it, a cycle left to the garbage collector with the whole call's data in it.
+        self._variable = _Variables(self.evaluator, explain, self.variables)
         base = {
             "hook": data.hook,
             "hookContext": data.context,
@@ -108,21 +134,6 @@ class _Run:
         }
         # the requirements' records come from data.retrieved, filtered when first read
         self.env = Environment(base, plan.variables_by_name, compute=self._variable, fallback=data.retrieved)
-
-    def _variable(self, variable: Variable, env: Environment) -> list:
-        if not self.explain:  # only the trace shows variables (values and errors)
-            try:
-                return self.evaluator.run(variable.expression, env)
-            except EvaluationError:
-                return []
-        outcome = Outcome(variable.element, variable.expression.source)
-        try:
-            value = self.evaluator.run(variable.expression, env)
-            outcome.value = _summary(value)
-        except EvaluationError as exc:
-            value, outcome.error = [], str(exc)
-        self.variables.setdefault(variable.name, outcome)
-        return value
 
     def action_env(self, action: CardAction, parent: Environment | None = None) -> Environment:
         outer = self.env if parent is None else parent
