@@ -17,7 +17,7 @@ from cds_service.knowledge import CodeFilter, DataRequirement, DateFilter
 _DIRECT = 8  # lists up to this many records are filtered without a code index
 
 
-@dataclass
+@dataclass(slots=True)
 class Retrieved:
     resources: list[dict]
     received: int = 0

@@ -26,7 +26,7 @@ class RequestData(Protocol):
     def today(self) -> dt.date: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """One expression's result, for the trace."""
 
