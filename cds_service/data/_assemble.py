@@ -104,7 +104,7 @@ class Retrievals(Mapping[str, list[dict]]):
             self[key]
 
 
-@dataclass
+@dataclass(slots=True)
 class KeyReport:
     source: str  # prefetch | fetch | none
     received: int = 0

@@ -40,7 +40,7 @@ class SuggestionResult:
     resource: dict
 
 
-@dataclass
+@dataclass(slots=True)
 class CardResult:
     action: CardAction
     fired: bool = False
@@ -179,13 +179,7 @@ def evaluate(
 ) -> PlanResult:
     """Evaluate every action of the plan that the hook triggers."""
     run = _Run(plan, data, terminology, explain)
-    for action in plan.actions:  # D-11: every trace says which rules are not (fully) armed
-        for entry in (action, *action.members):
-            if data.hook in action.hooks and (entry.unarmed or entry.not_armed_for):
-                code = entry.code.get("code", "")
-                run.scope.notes += [f"{code} not armed: {r}" for r in entry.unarmed]
-                if entry.not_armed_for:
-                    run.scope.notes.append(f"{code} not armed for {', '.join(entry.not_armed_for)}")
+    run.scope.notes += plan.arming_notes.get(data.hook, ())  # D-11: every trace says which rules are not (fully) armed
     cards = [_card(run, action) for action in plan.actions if data.hook in action.hooks]
     if explain:
         for name in run.env.lazy:

@@ -219,6 +219,24 @@ class Plan:
         """The plan's variables by name, built once (every call's environment reads it)."""
         return _by_name(self.variables)
 
+    @cached_property
+    def arming_notes(self) -> dict[str, tuple[str, ...]]:
+        """Per hook, what every trace says of the rules it triggers that are not (fully)
+        armed (D-11), worked out once."""
+        out: dict[str, tuple[str, ...]] = {}
+        for hook in HOOKS:
+            notes: list[str] = []
+            for action in self.actions:
+                if hook not in action.hooks:
+                    continue
+                for entry in (action, *action.members):
+                    code = entry.code.get("code", "")
+                    notes += [f"{code} not armed: {r}" for r in entry.unarmed]
+                    if entry.not_armed_for:
+                        notes.append(f"{code} not armed for {', '.join(entry.not_armed_for)}")
+            out[hook] = tuple(notes)
+        return out
+
     @property
     def hooks(self) -> tuple[str, ...]:
         present = {hook for action in self.actions for hook in action.hooks}
