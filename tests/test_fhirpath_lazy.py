@@ -14,6 +14,7 @@ from __future__ import annotations
 from cds_service import service
 from cds_service.fhirpath import _expression
 
+from .support.counting import count_calls
 from .test_card_check import busy, run, workloads  # noqa: F401 - the shared fixture
 
 RUNS_BOUND = 275  # with the catalogue v2 rules: 250 lazy, 311 with eager operands (2026-12-02)
@@ -21,15 +22,7 @@ RUNS_BOUND = 275  # with the catalogue v2 rules: 250 lazy, 311 with eager operan
 
 def count_runs(monkeypatch) -> dict[str, int]:
     """Count Evaluator.run calls from now on (nested runs of lazy %variables included)."""
-    counted = {"runs": 0}
-    original = _expression.Evaluator.run
-
-    def counting(self, expr, env):
-        counted["runs"] += 1
-        return original(self, expr, env)
-
-    monkeypatch.setattr(_expression.Evaluator, "run", counting)
-    return counted
+    return count_calls(monkeypatch, _expression.Evaluator, "run")
 
 
 def test_workload_a_runs_fewer_expressions_after_short_circuit(busy, monkeypatch):  # noqa: F811

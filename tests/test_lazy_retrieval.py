@@ -10,21 +10,14 @@ from __future__ import annotations
 from cds_service import service
 from cds_service.data import _retrieve
 
+from .support.counting import count_calls
 from .test_card_check import busy, run, workloads  # noqa: F401 - the shared fixture
 
 READ_BOUND = 80  # 66 read of 104 with the catalogue v2 rules (2026-12-02)
 
 
 def count_retrieves(monkeypatch) -> dict[str, int]:
-    counted = {"runs": 0}
-    original = _retrieve.Retriever.run
-
-    def counting(self, requirement, resources):
-        counted["runs"] += 1
-        return original(self, requirement, resources)
-
-    monkeypatch.setattr(_retrieve.Retriever, "run", counting)
-    return counted
+    return count_calls(monkeypatch, _retrieve.Retriever, "run")
 
 
 def test_workload_a_filters_only_the_requirements_its_rules_read(busy, monkeypatch):  # noqa: F811
