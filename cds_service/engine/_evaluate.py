@@ -148,16 +148,25 @@ class _Run:
         except EvaluationError as exc:
             outcome.error = str(exc)
             return outcome
-        if len(value) == 1 and (value[0] is True or value[0] is False):
-            outcome.value = value[0]  # the usual answer, already plain
-            return outcome
-        plain_value = plain(value)
-        outcome.value = plain_value[0] if len(plain_value) == 1 else plain_value
-        if not plain_value:
-            outcome.note = "empty (no data to decide on): counted as false"
-        elif plain_value not in ([True], [False]):
-            outcome.error = f"not a boolean: {_summary(value)!r}; counted as false"
+        _judge(outcome, value)
         return outcome
+
+    def holds(self, condition: Condition, env: Environment, outcomes: list[Outcome]) -> bool:
+        """What condition() decides, its outcome kept only when it is not a plain boolean
+        (an error, an empty or odd value is still recorded; a plain answer needs no record
+        outside the trace)."""
+        try:
+            value = self.evaluator.run(condition.expression, env)
+        except EvaluationError as exc:
+            outcomes.append(Outcome(condition.element, condition.expression.source, error=str(exc),
+                                    description=condition.description))
+            return False
+        if len(value) == 1 and (value[0] is True or value[0] is False):
+            return value[0]
+        outcome = Outcome(condition.element, condition.expression.source, description=condition.description)
+        _judge(outcome, value)
+        outcomes.append(outcome)
+        return outcome.error is None and outcome.value is True
 
     def text(self, expr: Expression, env: Environment, element: str, outcomes: list[Outcome],
              allow_empty: bool = False) -> str | None:
@@ -229,6 +238,8 @@ def _fingerprint(run: _Run, card: CardResult, env: Environment) -> None:
 
 
 def _passes(run: _Run, conditions: tuple[Condition, ...], env: Environment, outcomes: list[Outcome]) -> bool:
+    if not run.explain:  # the first condition not true decides; the trace wants them all
+        return all(run.holds(condition, env, outcomes) for condition in conditions)
     passed = True
     for condition in conditions:
         outcome = run.condition(condition, env)
@@ -308,6 +319,20 @@ def _dynamic(run: _Run, action: CardAction, env: Environment, result: CardResult
                                            "which this action has not: ignored"))
         else:
             result.indicator = indicator
+
+
+def _judge(outcome: Outcome, value: list) -> None:
+    """A condition's value as the trace shows it: exactly `true` passes; anything else is
+    false, an empty or non-boolean value with a note or an error saying why."""
+    if len(value) == 1 and (value[0] is True or value[0] is False):
+        outcome.value = value[0]  # the usual answer, already plain
+        return
+    plain_value = plain(value)
+    outcome.value = plain_value[0] if len(plain_value) == 1 else plain_value
+    if not plain_value:
+        outcome.note = "empty (no data to decide on): counted as false"
+    elif plain_value not in ([True], [False]):
+        outcome.error = f"not a boolean: {_summary(value)!r}; counted as false"
 
 
 def _summary(value: Any) -> Any:

@@ -25,7 +25,7 @@ from collections import abc
 from collections.abc import Callable
 from typing import Any
 
-from fhirpathpy.engine import check_boolean_param, do_eval, param_check_table, type_specifier, util
+from fhirpathpy.engine import check_boolean_param, check_string_param, do_eval, param_check_table, type_specifier, util
 from fhirpathpy.engine.evaluators import evaluators, member_invocation
 from fhirpathpy.engine.invocations import combining, equality, existence, logic, math, misc
 from fhirpathpy.engine.nodes import FP_Quantity, ResourceNode
@@ -59,6 +59,13 @@ def _listed(value: Any) -> list:
     if isinstance(value, list):
         return value
     return [] if value is None else [value]
+
+
+def _is_string_literal(node: dict) -> bool:
+    """A TermExpression > LiteralTerm > StringLiteral chain (a quoted string, nothing else)."""
+    while node["type"] in ("TermExpression", "LiteralTerm") and len(node.get("children") or ()) == 1:
+        node = node["children"][0]
+    return node["type"] == "StringLiteral"
 
 
 def _nullable(value: Any) -> bool:
@@ -144,6 +151,15 @@ class _Compiler:
         optional = isinstance(kind, list)
         name = kind[0] if optional else kind
         check = param_check_table.get(name)
+        if check is check_string_param and node["type"] == "TermExpression" and _is_string_literal(node):
+            # a literal string argument (memberOf('...'), toUnit('mg')): typed once, here
+            text = check_string_param(compiled({}, [])[0])
+
+            def literal(ctx: dict, parent: Any) -> Any:
+                ctx["$this"] = parent
+                return text
+
+            return literal
 
         def typed(ctx: dict, parent: Any) -> Any:
             ctx["$this"] = parent
@@ -205,21 +221,43 @@ class _Compiler:
         if op in _SHORT_CIRCUIT and invocation["arity"][2] == [["Boolean"], ["Boolean"]]:
             first, second = node["children"]
             return _logic(fn, self.node(first), self.node(second), _SHORT_CIRCUIT[op])
+        if invocation["arity"][2] == ["Any", "Any"]:
+            first, second = node["children"]
+            return _any_infix(fn, self.node(first), self.node(second), "nullable" in invocation)
         left, right = self._params(invocation["arity"][2], node["children"])
         if "nullable" in invocation:
             def nullable_infix(ctx: dict, data: Any) -> list:
                 a = left(ctx, data)
                 b = right(ctx, data)
-                if _nullable(a) or _nullable(b):
+                if (a is None or (isinstance(a, list) and not a)) or (b is None or (isinstance(b, list) and not b)):
                     return []
-                return _listed(fn(ctx, a, b))
+                value = fn(ctx, a, b)
+                return value if isinstance(value, list) else ([] if value is None else [value])
 
             return nullable_infix
 
         def infix(ctx: dict, data: Any) -> list:
-            return _listed(fn(ctx, left(ctx, data), right(ctx, data)))
+            value = fn(ctx, left(ctx, data), right(ctx, data))
+            return value if isinstance(value, list) else ([] if value is None else [value])
 
         return infix
+
+
+def _any_infix(fn: Callable, left: Compiled, right: Compiled, nullable: bool) -> Compiled:
+    """An operator on two `Any` operands (=, <, +, |, ...), the operands' make_param (`$this`
+    set to the input, then the operand) written out: the commonest operator form."""
+
+    def any_infix(ctx: dict, data: Any) -> list:
+        ctx["$this"] = data
+        a = left(ctx, data)
+        ctx["$this"] = data
+        b = right(ctx, data)
+        if nullable and ((a is None or (isinstance(a, list) and not a)) or (b is None or (isinstance(b, list) and not b))):
+            return []
+        value = fn(ctx, a, b)
+        return value if isinstance(value, list) else ([] if value is None else [value])
+
+    return any_infix
 
 
 def _chain(steps: list[Compiled]) -> Compiled:
@@ -255,34 +293,59 @@ def _lookup(ctx: dict, name: str) -> list:
     return value if isinstance(value, list) else [value]
 
 
+# _lookup written out in the three closures below: they are the most frequent nodes
+
 def _constant(name: str) -> Compiled:
-    return lambda ctx, data: _lookup(ctx, name)
+    def constant(ctx: dict, data: Any) -> list:
+        try:
+            value = ctx["vars"][name]
+        except KeyError:
+            return _lookup(ctx, name)  # raises its error
+        return value if isinstance(value, list) else ([] if value is None else [value])
+
+    return constant
 
 
 def _variable_then(name: str, step: Compiled) -> Compiled:
-    return lambda ctx, data: list(step(ctx, _lookup(ctx, name)))
+    def variable_then(ctx: dict, data: Any) -> list:
+        try:
+            value = ctx["vars"][name]
+        except KeyError:
+            return _lookup(ctx, name)
+        return list(step(ctx, value if isinstance(value, list) else ([] if value is None else [value])))
+
+    return variable_then
 
 
 def _variable_exists(name: str) -> Compiled:
     """`%name.exists()`: exists_macro's `not is_empty(...)` of the (always list) value."""
-    return lambda ctx, data: [len(_lookup(ctx, name)) != 0]
+    def variable_exists(ctx: dict, data: Any) -> list:
+        try:
+            value = ctx["vars"][name]
+        except KeyError:
+            return _lookup(ctx, name)
+        return [bool(value) if isinstance(value, list) else value is not None]
+
+    return variable_exists
 
 
 def _variadic(fn: Callable, nullable_input: bool, params: list[Param]) -> Compiled:
     def variadic(ctx: dict, data: Any) -> list:
-        if nullable_input and _nullable(data):
+        if nullable_input and (data is None or (isinstance(data, list) and not data)):
             return []
         this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
-        return _listed(fn(ctx, util.arraify(data), *[p(ctx, this) for p in params]))
+        value = fn(ctx, util.arraify(data), *[p(ctx, this) for p in params])
+        return value if isinstance(value, list) else ([] if value is None else [value])
 
     return variadic
 
 
 def _no_params(fn: Callable, nullable_input: bool) -> Compiled:
     def no_params(ctx: dict, data: Any) -> list:
-        if nullable_input and _nullable(data):
+        if nullable_input and (data is None or (isinstance(data, list) and not data)):
             return []
-        return _listed(fn(ctx, data if isinstance(data, list) else util.arraify(data)))
+        value = fn(ctx, data if isinstance(data, list) else util.arraify(data))
+        return value if isinstance(value, list) else ([] if value is None else [value])
 
     return no_params
 
@@ -297,11 +360,13 @@ def _iif(branches: list[Compiled]) -> Compiled:
         this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
         if util.is_true(criterion(ctx, this)):
             this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
-            return _listed(chosen(ctx, this))
+            value = chosen(ctx, this)
+            return value if isinstance(value, list) else ([] if value is None else [value])
         if otherwise is None:
             return []
         this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
-        return _listed(otherwise(ctx, this))
+        value = otherwise(ctx, this)
+        return value if isinstance(value, list) else ([] if value is None else [value])
 
     return iif
 
@@ -309,31 +374,34 @@ def _iif(branches: list[Compiled]) -> Compiled:
 def _call(fn: Callable, nullable_input: bool, nullable: bool, params: list[Param]) -> Compiled:
     if not params:
         def call0(ctx: dict, data: Any) -> list:
-            if nullable_input and _nullable(data):
+            if nullable_input and (data is None or (isinstance(data, list) and not data)):
                 return []
-            if nullable and _nullable(data):
+            if nullable and (data is None or (isinstance(data, list) and not data)):
                 return []
-            return _listed(fn(ctx, data))
+            value = fn(ctx, data)
+            return value if isinstance(value, list) else ([] if value is None else [value])
 
         return call0
     if len(params) == 1 and not nullable:
         (only,) = params
 
         def call1(ctx: dict, data: Any) -> list:
-            if nullable_input and _nullable(data):
+            if nullable_input and (data is None or (isinstance(data, list) and not data)):
                 return []
-            return _listed(fn(ctx, data, only(ctx, ctx["$this"] if "$this" in ctx else ctx["dataRoot"])))
+            value = fn(ctx, data, only(ctx, ctx["$this"] if "$this" in ctx else ctx["dataRoot"]))
+            return value if isinstance(value, list) else ([] if value is None else [value])
 
         return call1
 
     def call(ctx: dict, data: Any) -> list:
-        if nullable_input and _nullable(data):
+        if nullable_input and (data is None or (isinstance(data, list) and not data)):
             return []
         this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
         values = [p(ctx, this) for p in params]
         if nullable and (_nullable(data) or any(_nullable(v) for v in values)):
             return []
-        return _listed(fn(ctx, data, *values))
+        value = fn(ctx, data, *values)
+        return value if isinstance(value, list) else ([] if value is None else [value])
 
     return call
 
@@ -367,7 +435,8 @@ def _logic(fn: Callable, left: Compiled, right: Compiled, decided: bool) -> Comp
         ctx["$this"] = data
         r = right(ctx, data)
         b = r[0] if len(r) == 1 and (r[0] is True or r[0] is False) else _boolean_operand(r)
-        return _listed(fn(ctx, a, b))
+        value = fn(ctx, a, b)
+        return value if isinstance(value, list) else ([] if value is None else [value])
 
     return logic_op
 

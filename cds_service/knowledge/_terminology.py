@@ -69,8 +69,8 @@ class ExpandedValueSet:
     def contains(self, system: str | None, code: str | None) -> bool:
         if not system or not code:
             return False
-        members = self.codes.get(system)
-        return members is not None and normalise(system, code) in members
+        members = self.codes.get(system)  # normalise() written out: this is called per coding tested
+        return members is not None and (ndc_product(code) if system == NDC else code) in members
 
     def __len__(self) -> int:
         return len(self.concepts)
