@@ -68,3 +68,21 @@ def test_the_code_index_reads_a_path_as_the_general_walk_does(record, path):
     from cds_service.fhirpath import codings, element_values, path_codings
 
     assert path_codings(record, path) == [c for v in element_values(record, path) for c in codings(v)]
+
+
+@pytest.mark.parametrize("record, paths", [
+    ({"effectiveDateTime": "2026-11-30T08:00:00Z"}, ("effective",)),
+    ({"effectivePeriod": {"start": "2026-11-01"}, "effectiveDateTime": "2026-10-01"}, ("effective",)),
+    ({"effectiveInstant": "bad", "issued": "2026-09-01T00:00:00Z"}, ("effective", "issued")),
+    ({"occurrenceTiming": {"event": ["2026-01-02"]}, "authoredOn": "2026-02-03"}, ("occurrence", "authoredOn")),
+    ({"recorded": ["2026-03-04", "2026-01-01"]}, ("recorded",)),
+    ({"performedPeriod": {"end": "2025-12-31"}}, ("performed",)),
+    ({"dosage": {"timing": {"event": ["2026-05-06"]}}}, ("dosage.timing.event",)),
+    ({"onsetString": "last spring"}, ("onset",)),
+    ({}, ("effective",)),
+])
+def test_a_record_s_date_is_read_as_the_general_walk_reads_it(record, paths):
+    from cds_service.fhirpath import element_values, first_date, parse_date
+
+    walked = next((d for p in paths for v in element_values(record, p) if (d := parse_date(v)) is not None), None)
+    assert first_date(record, paths) == walked

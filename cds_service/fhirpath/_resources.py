@@ -60,15 +60,21 @@ _NOT_SINGLE: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())  # marks
 _single: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
 
 
+def _one_step(path: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """A one-segment path's step (see _steps), or _NOT_SINGLE for a dotted one."""
+    step = _single.get(path)
+    if step is None:
+        steps = _steps(path)
+        step = _single[path] = steps[0] if len(steps) == 1 else _NOT_SINGLE
+    return step
+
+
 def path_codings(resource: dict, path: str) -> list[Coding]:
     """(system, code) pairs of every value at `path` of a record: what
     `[c for v in element_values(resource, path) for c in codings(v)]` gives, with the
     one-segment paths of the retrieves' code filters ("code", "medication", "status")
     read without the general walk (thousands of records per call)."""
-    step = _single.get(path)
-    if step is None:
-        steps = _steps(path)
-        step = _single[path] = steps[0] if len(steps) == 1 else _NOT_SINGLE
+    step = _one_step(path)
     if step is _NOT_SINGLE:
         return [c for v in element_values(resource, path) for c in codings(v)]
     keys, candidates = step
@@ -133,8 +139,25 @@ def parse_date(value: Any) -> dt.date | None:
 
 
 def first_date(resource: dict, paths: tuple[str, ...]) -> dt.date | None:
+    """The first date at `paths` (element_values order); a one-segment path ("effective",
+    "authoredOn": the sort of every dated retrieve) is read without the general walk."""
     for path in paths:
-        for value in element_values(resource, path):
+        step = _one_step(path)
+        if step is _NOT_SINGLE or not isinstance(resource, dict):
+            values = element_values(resource, path)
+        else:
+            keys, candidates = step
+            hits = candidates.intersection(resource)
+            if not hits:
+                continue
+            values = []
+            for key in (hits if len(hits) == 1 else [k for k in keys if k in hits]):
+                value = resource[key]
+                if isinstance(value, list):
+                    values.extend(value)
+                else:
+                    values.append(value)
+        for value in values:
             parsed = parse_date(value)
             if parsed is not None:
                 return parsed
