@@ -4,17 +4,18 @@ process of its own, so its CPU does not compete with the service under measureme
     python bench/fhir_stub.py CHART.json DELAY_SECONDS [keepalive|close]
                                                  (prints the base URL, then serves)
 
-The search logic is the tests' (tests/support/fhir_server.py: token, reads, searches,
-paging). How it is served differs, so that the stub measures the service, not itself:
+The search logic and the HTTP/1.1 keep-alive serving are the tests'
+(tests/support/fhir_server.py: token, reads, searches, paging). What differs, so that the
+stub measures the service, not itself:
 
-* keepalive (the default): HTTP/1.1 keep-alive with TCP_NODELAY, as FHIR servers answer,
-  and each distinct request answered once and then from memory (the chart never changes).
-  The tests' werkzeug server closes every connection and runs every search again, in
-  Python, under one GIL, on the bench's 2 cores: about 40 ms of CPU per fetch-path call,
-  in a burst just when the service's Medication reads arrive, so it delayed those reads
-  by tens of ms (its accept loop waiting for the GIL), whatever the service did.
-* close: the tests' werkzeug server as it is (every answer "Connection: close"), for
-  comparison with the runs made before (docs/operations.md says which stub a row used).
+* keepalive (the default): each distinct request is answered once and then from memory
+  (the chart never changes). Run again for every request, in Python, under one GIL, on
+  the bench's 2 cores, the searches cost about 40 ms of CPU per fetch-path call, in a
+  burst just when the service's Medication reads arrive, and delayed those reads by tens
+  of ms (the accept loop waiting for the GIL), whatever the service did.
+* close: served by werkzeug's development server (every answer "Connection: close") and
+  every search run again: how the tests' server served before keep-alive, for comparison
+  with the runs made then (docs/operations.md says which stub a row used).
 
 DELAY_SECONDS is added to every request, reads included, before it is answered.
 """
@@ -25,69 +26,58 @@ import json
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from werkzeug.test import Client  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+from werkzeug.wrappers import Request, Response  # noqa: E402
 
 from tests.support.fhir_server import FhirServer, FhirStore  # noqa: E402
 
 
-def keepalive_server(fhir: FhirServer, delay: float) -> ThreadingHTTPServer:
-    client = Client(fhir._wsgi)  # the tests' FHIR logic, called in process
-    answers: dict[tuple[str, str], tuple[int, bytes]] = {}
-    lock = threading.Lock()
+class RememberingFhirServer(FhirServer):
+    """The tests' server, each distinct (path, query, token) answered from memory after the first time."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body in separate writes: no 40 ms delayed-ACK stall
+    def __init__(self, store: FhirStore) -> None:
+        super().__init__(store, page_size=1000)
+        self._answers: dict[tuple[str, str, str], Response] = {}
+        self._answers_lock = threading.Lock()
 
-        def log_message(self, *args) -> None:  # no access log on the bench's screen
-            pass
+    def _handle(self, request: Request) -> Response:
+        key = (request.path, request.query_string.decode(), request.headers.get("Authorization") or "")
+        with self._answers_lock:
+            answer = self._answers.get(key)
+        if answer is None:
+            answer = super()._handle(request)
+            answer.freeze()  # its body read once, into bytes, served as often as asked
+            with self._answers_lock:
+                self._answers[key] = answer
+        elif self.delay:
+            time.sleep(self.delay)  # the first time, FhirServer._handle slept it
+        return answer
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if delay:
-                time.sleep(delay)
-            key = (self.path, self.headers.get("Authorization") or "")
-            with lock:
-                answer = answers.get(key)
-            if answer is None:
-                response = client.get(self.path, headers={"Authorization": key[1]})
-                answer = (response.status_code, response.get_data())
-                with lock:
-                    answers[key] = answer
-            status, body = answer
-            self.send_response(status)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 256  # a call opens dozens of connections at once
-
-    return Server(("127.0.0.1", 0), Handler)
+def serve(chart: list[dict], delay: float, mode: str) -> None:
+    if mode == "keepalive":
+        fhir: FhirServer = RememberingFhirServer(FhirStore(chart))
+        fhir.delay = delay
+        with fhir:
+            print(fhir.base, flush=True)
+            while True:
+                time.sleep(3600)
+    elif mode == "close":
+        fhir = FhirServer(FhirStore(chart), page_size=1000)
+        fhir.delay = delay
+        server = make_server("127.0.0.1", 0, fhir._wsgi, threaded=True)
+        print(f"http://127.0.0.1:{server.server_port}/fhir", flush=True)
+        server.serve_forever()
+    else:
+        raise SystemExit(f"fhir_stub.py: mode {mode!r}: keepalive or close")
 
 
 if __name__ == "__main__":
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the bench's screen
-    fhir = FhirServer(FhirStore(json.loads(Path(sys.argv[1]).read_text())), page_size=1000)
-    fhir.delay = float(sys.argv[2])
-    mode = sys.argv[3] if len(sys.argv) > 3 else "keepalive"
-    if mode == "close":
-        with fhir:
-            print(fhir.base, flush=True)
-            while True:
-                time.sleep(3600)
-    elif mode == "keepalive":
-        delay, fhir.delay = fhir.delay, 0.0  # added by the handler, before the answer is looked up
-        server = keepalive_server(fhir, delay)
-        print(f"http://127.0.0.1:{server.server_port}/fhir", flush=True)
-        server.serve_forever()
-    else:
-        raise SystemExit(f"fhir_stub.py: mode {mode!r}: keepalive or close")
+    serve(json.loads(Path(sys.argv[1]).read_text()), float(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "keepalive")

@@ -192,11 +192,16 @@ def test_a_service_call_after_the_fhir_server_closed_idle_connections_succeeds(k
     app = create_app({"fetch_timeout": FETCH_TIMEOUT}, kb=kb, clock=lambda: NOW)
     with FhirServer(idle_timeout=0.3) as fhir:
         fhir.reset([PATIENT, LOW_IGG])
-        assert app.test_client().post(SIGN, json=with_server(order_sign(), fhir)).status_code == 200
+        for _ in range(2):
+            assert app.test_client().post(SIGN, json=with_server(order_sign(), fhir)).status_code == 200
+        # the service kept its connections open between requests and calls
+        assert fhir.accepted < len(fhir.requests), (fhir.accepted, len(fhir.requests))
+        before = fhir.accepted
         time.sleep(0.6)  # the server has closed every keep-alive connection the service holds
         response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
         assert response.status_code == 200, response.get_data(as_text=True)
         assert "INF-4" in codes(response)
+        assert fhir.accepted > before  # it noticed and connected again
 
 
 BASE = "https://fhir.example.org/r4"

@@ -6,8 +6,10 @@ ge/gt/le/lt), paged with Bundle.link next. Unknown search parameters are refused
 400, so a template the service should not send fails loudly. Like a real server, `code`
 on MedicationRequest/-Administration/-Statement matches medicationCodeableConcept only,
 never the Medication a medicationReference points to; searches are paged at 20 with next
-links; keep-alive connections idle for `idle_timeout` seconds are closed. It requires a
-bearer token and records every request. `fault` lets a test make it slow, fail or
+links. It serves HTTP/1.1 keep-alive, as FHIR servers do (werkzeug's development server
+closes every connection, so it would never exercise the service's connection reuse), and
+closes a connection idle for `idle_timeout` seconds; `accepted` counts the connections
+it accepted. It requires a bearer token and records every request. `fault` lets a test make it slow, fail or
 misbehave; `include_medications` makes searches answer the Medications their records
 reference as `_include` entries (search.mode include), as some EHRs do.
 
@@ -18,13 +20,14 @@ both must agree for the scenario tests to pass.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request, Response
 
@@ -185,13 +188,15 @@ class FhirServer:
         self.max_in_flight = 0
         self.include_medications = False
         self._lock = threading.Lock()
-        # HTTP/1.1 keep-alive, and a connection idle (or a request stalled) this long is closed
-        handler = type("IdleClosingHandler", (WSGIRequestHandler,),
-                       {"protocol_version": "HTTP/1.1", "timeout": idle_timeout})
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=handler)
+        self._server = _KeepAliveServer(self._wsgi, idle_timeout)
         self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
         # A short poll interval: shutdown() waits for it, once per test that starts a server.
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far (each serves one or more requests)."""
+        return self._server.accepted
 
     def __enter__(self) -> FhirServer:
         self._thread.start()
@@ -199,6 +204,7 @@ class FhirServer:
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
+        self._server.server_close()  # open keep-alive connections end at their idle timeout
 
     def fail_on(self, path: str, query_fragment: str, response: Response) -> None:
         """Answer `response` to requests for `path` whose query holds `query_fragment`."""
@@ -276,6 +282,57 @@ class FhirServer:
                 if medication is not None:
                     found[ref] = medication
         return list(found.values())
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    """One connection: requests in sequence (HTTP/1.1 keep-alive), each answered by the WSGI
+    app with a Content-Length, until the client closes or sends nothing for `timeout`
+    seconds (socketserver sets it on the socket; http.server then closes)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no delayed-ACK stall
+    server: _KeepAliveServer
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's name)
+        pass  # the server records requests itself; no access log among the test output
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name); other methods: 501, as the service only reads
+        length = int(self.headers.get("Content-Length") or 0)
+        split = urlsplit(self.path)
+        host, port = self.server.server_address[:2]
+        environ = EnvironBuilder(method=self.command, path=split.path, query_string=split.query,
+                                 headers=list(self.headers.items()), data=self.rfile.read(length),
+                                 base_url=f"http://{host}:{port}").get_environ()
+        parts, status, headers = run_wsgi_app(self.server.app, environ, buffered=True)
+        body = b"".join(parts)
+        self.send_response(int(status.split()[0]), status.partition(" ")[2])
+        for name, value in headers.items():
+            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _KeepAliveServer(ThreadingHTTPServer):
+    daemon_threads = True  # a connection left open by a client does not hold the test run
+    request_queue_size = 128  # a call opens dozens of connections at once
+
+    def __init__(self, app: Callable, idle_timeout: float) -> None:
+        self.app = app
+        self.accepted = 0
+        handler = type("IdleClosingHandler", (_KeepAliveHandler,), {"timeout": idle_timeout})
+        super().__init__(("127.0.0.1", 0), handler)
+
+    def process_request(self, request, client_address) -> None:
+        self.accepted += 1  # the accept loop is one thread: no lock needed
+        super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that gave up (the service's deadline, a test's fault) is routine here;
+        # anything else is printed, as socketserver does.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class InProcess:
