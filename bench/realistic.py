@@ -47,11 +47,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from paced import paced_clients  # noqa: E402
 from run import ProductionServer, concurrent_python, concurrent_wrk, machine, percentile, sequential, table  # noqa: E402
 from workloads import NOW, SIZES, WORKLOADS, chart, context, request  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
 from cds_service.service import call as call_hook  # noqa: E402
+
+# 32 clients at a pace (bench/paced.py): about 35% and 65% of the production server's capacity here
+PACED_THINK_MS = (200, 100)
 
 
 def load() -> str:
@@ -98,6 +102,9 @@ def over_http(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
             for clients in (8, 32):
                 before = load()
                 rows.append({"resources": n, **run(url, body, clients, seconds), "load": f"{before}-{load()}"})
+            for think_ms in PACED_THINK_MS if n < 10000 else ():
+                before = load()
+                rows.append({"resources": n, **paced_clients(url, body, 32, seconds, think_ms), "load": f"{before}-{load()}"})
         memory = {"startup_s": server.startup_s, "worker_rss_mb": server.worker_rss_mb()}
     finally:
         server.stop()
