@@ -9,8 +9,8 @@ never the Medication a medicationReference points to; searches are paged at 20 w
 links. It serves HTTP/1.1 keep-alive, as FHIR servers do (werkzeug's development server
 closes every connection, so it would never exercise the service's connection reuse), and
 closes a connection idle for `idle_timeout` seconds; `accepted` counts the connections
-it accepted. It requires a bearer token and records every request. `fault` lets a test make it slow, fail or
-misbehave; `include_medications` makes searches answer the Medications their records
+it accepted. It requires a bearer token and records every request. `fault` lets a test
+make it slow, fail or misbehave; `include_medications` makes searches answer the Medications their records
 reference as `_include` entries (search.mode include), as some EHRs do.
 
 The search logic is written independently of the service's own filters on purpose:
@@ -20,6 +20,7 @@ both must agree for the scenario tests to pass.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from werkzeug.datastructures import Headers
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 from werkzeug.wrappers import Request, Response
 
@@ -204,7 +206,8 @@ class FhirServer:
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
-        self._server.server_close()  # open keep-alive connections end at their idle timeout
+        self._server.server_close()
+        self._server.close_connections()
 
     def fail_on(self, path: str, query_fragment: str, response: Response) -> None:
         """Answer `response` to requests for `path` whose query holds `query_fragment`."""
@@ -284,6 +287,15 @@ class FhirServer:
         return list(found.values())
 
 
+def _call(app: Callable, url: str, headers, data: bytes = b"") -> tuple[str, Headers, bytes]:
+    """A GET of `url` answered by the WSGI app in this thread: (status line, headers, body)."""
+    split = urlsplit(url)
+    environ = EnvironBuilder(path=split.path, query_string=split.query, headers=headers, data=data,
+                             base_url=f"{split.scheme}://{split.netloc}").get_environ()
+    parts, status, answer_headers = run_wsgi_app(app, environ, buffered=True)
+    return status, answer_headers, b"".join(parts)
+
+
 class _KeepAliveHandler(BaseHTTPRequestHandler):
     """One connection: requests in sequence (HTTP/1.1 keep-alive), each answered by the WSGI
     app with a Content-Length, until the client closes or sends nothing for `timeout`
@@ -298,13 +310,9 @@ class _KeepAliveHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name); other methods: 501, as the service only reads
         length = int(self.headers.get("Content-Length") or 0)
-        split = urlsplit(self.path)
         host, port = self.server.server_address[:2]
-        environ = EnvironBuilder(method=self.command, path=split.path, query_string=split.query,
-                                 headers=list(self.headers.items()), data=self.rfile.read(length),
-                                 base_url=f"http://{host}:{port}").get_environ()
-        parts, status, headers = run_wsgi_app(self.server.app, environ, buffered=True)
-        body = b"".join(parts)
+        status, headers, body = _call(self.server.app, f"http://{host}:{port}{self.path}", list(self.headers.items()),
+                                      self.rfile.read(length))
         self.send_response(int(status.split()[0]), status.partition(" ")[2])
         for name, value in headers.items():
             if name.lower() not in ("content-length", "connection", "transfer-encoding"):
@@ -321,12 +329,32 @@ class _KeepAliveServer(ThreadingHTTPServer):
     def __init__(self, app: Callable, idle_timeout: float) -> None:
         self.app = app
         self.accepted = 0
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         handler = type("IdleClosingHandler", (_KeepAliveHandler,), {"timeout": idle_timeout})
         super().__init__(("127.0.0.1", 0), handler)
 
     def process_request(self, request, client_address) -> None:
         self.accepted += 1  # the accept loop is one thread: no lock needed
+        with self._open_lock:
+            self._open.add(request)
         super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End the connections still open, as a stopped server does: their threads read the
+        end of the stream and finish now, not at their idle timeout, inside a later test."""
+        with self._open_lock:
+            still_open = list(self._open)
+        for connection in still_open:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile
 
     def handle_error(self, request, client_address) -> None:
         # A client that gave up (the service's deadline, a test's fault) is routine here;
@@ -351,10 +379,7 @@ class InProcess:
         split = urlsplit(url)
         if split[:2] != self.origin:
             raise FetchError("connection failed: ConnectionError", kind="connection")
-        environ = EnvironBuilder(path=split.path, query_string=split.query, headers=headers,
-                                 base_url=f"{split.scheme}://{split.netloc}").get_environ()
-        body_parts, status, _ = run_wsgi_app(self.server._wsgi, environ, buffered=True)
-        body = b"".join(body_parts)
+        status, _, body = _call(self.server._wsgi, url, headers)
         if budget is not None:
             budget.spend(len(body))
         return DataResponse(int(status.split()[0]), body)
