@@ -15,7 +15,8 @@
     .venv/bin/python bench/realistic.py --profile a [--resources 300]   cProfile, top 5 by
                                                    cumulative and by total time
 
-The load average is printed beside the numbers: this machine is shared; repeat when high.
+The load average is printed beside the numbers, and the machine's speed at the start and at
+the end (bench/reference.py): this machine is shared; repeat when either is off.
 Results also go to bench/results/workloads.json.
 """
 
@@ -48,7 +49,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from paced import paced_clients  # noqa: E402
-from run import ProductionServer, concurrent_python, concurrent_wrk, machine, percentile, sequential, table  # noqa: E402
+from run import (  # noqa: E402
+    ProductionServer,
+    concurrent_python,
+    concurrent_wrk,
+    machine,
+    percentile,
+    reference_line,
+    sequential,
+    table,
+)
 from workloads import NOW, SIZES, WORKLOADS, chart, context, request  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
@@ -238,8 +248,9 @@ def main() -> None:
 
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
+    results["at_end"] = at_end = f"load average {os.getloadavg()[0]:.2f}, {reference_line()}"
     (out / "workloads.json").write_text(json.dumps(results, indent=2))
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+    print(f"\nat the end: {at_end}")
 
 
 if __name__ == "__main__":

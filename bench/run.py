@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from reference import reference_ms  # noqa: E402
 from synthetic import make_patient, order_sign_context, patient_view_context  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
@@ -261,7 +262,13 @@ def table(headers: list[str], rows: list[list]) -> str:
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
-    return f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} at start"
+    return (f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} "
+            f"at start, {reference_line()}")
+
+
+def reference_line() -> str:
+    """The machine's speed now (bench/reference.py): compare two runs' numbers only after this."""
+    return f"reference task {reference_ms():.2f} ms"
 
 
 def main() -> None:
@@ -296,7 +303,9 @@ def main() -> None:
 
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
+    results["at_end"] = reference_line()
     (out / "latest.json").write_text(json.dumps(results, indent=2))
+    print(f"\nat the end: {results['at_end']}")
 
 
 if __name__ == "__main__":

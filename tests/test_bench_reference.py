@@ -1,0 +1,49 @@
+"""bench/reference.py, the fixed task timed beside the benchmarks: the same work on every
+run (so its time measures the machine, not the input), and named in each run's header."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import reference
+
+        yield reference
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_task_does_the_same_work_on_every_run(reference) -> None:
+    first = reference.reference_task(reference.records())
+    again = reference.reference_task(reference.records())
+    assert first == again
+    kept = first // 1000
+    # the records with a wanted code (1 in 5 of the 97) and a value above 50 (about half)
+    assert reference.RECORDS // 20 < kept < reference.RECORDS // 5
+
+
+def test_the_time_is_a_median_of_cpu_time_with_the_collector_restored(reference) -> None:
+    import gc
+
+    assert gc.isenabled()
+    elapsed = reference.reference_ms(repeats=3)
+    assert math.isfinite(elapsed) and elapsed > 0
+    assert gc.isenabled()
+
+
+def test_every_run_names_the_machine_speed_in_its_header(reference) -> None:
+    import run  # bench/run.py: its header is each benchmark's first line
+
+    line = run.machine()
+    assert "cores" in line and "load average" in line
+    assert "reference task" in line and line.rstrip().endswith(" ms")
