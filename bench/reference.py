@@ -7,7 +7,9 @@ back to back, this task's repeats also drift by up to 10% within a second. It ru
 project code and does the same work on every run (FHIR-like records filtered by code and
 value through closures, then sorted: the kind of work a hook call does), so two runs'
 numbers are compared after their reference times are; a difference within about 10% of
-the reference's own is not evidence about the code.
+the reference's own is not evidence about the code. bench/run.py runs it in a process of
+its own (`python bench/reference.py` prints the milliseconds), so that the benchmark's
+heap does not slow it.
 """
 
 from __future__ import annotations
@@ -59,3 +61,7 @@ def reference_ms(repeats: int = REPEATS) -> float:
         if collecting:
             gc.enable()
     return statistics.median(times) * 1000
+
+
+if __name__ == "__main__":
+    print(f"{reference_ms():.3f}")
