@@ -55,7 +55,7 @@ from run import (  # noqa: E402
     concurrent_wrk,
     machine,
     percentile,
-    reference_line,
+    reference_now,
     sequential,
     table,
 )
@@ -214,7 +214,9 @@ def main() -> None:
     if args.profile:
         print(profile(app, args.profile, args.resources, args.calls))
         return
-    results: dict = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    start = reference_now()
+    results: dict = {"machine": machine(start), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "reference_ms": {"start": start},
                      "assume_unit_cache": args.assume_unit_cache}
     print(f"machine: {results['machine']}\n")
 
@@ -248,9 +250,9 @@ def main() -> None:
 
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    results["at_end"] = at_end = f"load average {os.getloadavg()[0]:.2f}, {reference_line()}"
+    results["reference_ms"]["end"] = end = reference_now()
     (out / "workloads.json").write_text(json.dumps(results, indent=2))
-    print(f"\nat the end: {at_end}")
+    print(f"\nat the end: load average {os.getloadavg()[0]:.2f}, reference task {end:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -258,19 +258,22 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(reference: float | None = None) -> str:
+    """The run's header: cores, CPU, Python, load average and the reference task's time
+    (`reference`, else measured now)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
+    ms = reference_now() if reference is None else reference
     return (f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} "
-            f"at start, {reference_line()}")
+            f"at start, reference task {ms:.2f} ms")
 
 
-def reference_line() -> str:
-    """The machine's speed now (bench/reference.py), timed in a process of its own: in the
-    bench's process, after its 10,000-resource charts, the same task took 15% longer."""
+def reference_now() -> float:
+    """The machine's speed now: bench/reference.py's milliseconds, timed in a process of its
+    own (in the bench's process, after its 10,000-resource charts, the task took 15% longer)."""
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py")], capture_output=True, text=True,
                           check=True, timeout=60)
-    return f"reference task {float(done.stdout):.2f} ms"
+    return float(done.stdout)
 
 
 def main() -> None:
@@ -280,7 +283,8 @@ def main() -> None:
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
     app = create_app({"log_level": "WARNING"}, clock=lambda: NOW)
-    results: dict = {"machine": machine(), "when": NOW.isoformat()}
+    start = reference_now()
+    results: dict = {"machine": machine(start), "when": NOW.isoformat(), "reference_ms": {"start": start}}
     print(f"machine: {results['machine']}\n")
 
     results["in_process"] = rows = in_process(app, args.calls)
@@ -305,9 +309,9 @@ def main() -> None:
 
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    results["at_end"] = reference_line()
+    results["reference_ms"]["end"] = end = reference_now()
     (out / "latest.json").write_text(json.dumps(results, indent=2))
-    print(f"\nat the end: {results['at_end']}")
+    print(f"\nat the end: reference task {end:.2f} ms")
 
 
 if __name__ == "__main__":
