@@ -5,15 +5,14 @@ from the request to its answer (the server's own time inside it)."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from tests.support.bench import bench_module
+
 SERVER_DELAY = 0.03
 
 
@@ -56,13 +55,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def paced():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import paced
-
-        yield paced
-    finally:
-        sys.path.remove(str(BENCH))
+    with bench_module("paced") as module:
+        yield module
 
 
 def test_paced_clients_count_every_answer_and_reconnect_after_a_close(paced):

@@ -4,23 +4,16 @@ run (so its time measures the machine, not the input), and named in each run's h
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from tests.support.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def reference():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import reference
-
-        yield reference
-    finally:
-        sys.path.remove(str(BENCH))
+    with bench_module("reference") as module:
+        yield module
 
 
 def test_the_task_does_the_same_work_on_every_run(reference) -> None:
