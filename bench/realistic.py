@@ -157,26 +157,6 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
     return {"no_delay": result[0.0], "delay_50ms": result[0.05]}
 
 
-def assume_unit_cache() -> None:
-    """Simulate, in this process only, what the _units.py work of issue 12 does (a failed
-    conversion cached like a successful one), to see the cost left without it: for the
-    profile and the in-process table. Not the service's code; remove once merged."""
-    from cds_service.fhirpath import _units
-
-    real, failed = _units.conversion_factor, {}
-
-    def factor(from_unit: str, to_unit: str):
-        if (from_unit, to_unit) in failed:
-            raise failed[from_unit, to_unit]
-        try:
-            return real(from_unit, to_unit)
-        except _units.UnitError as exc:
-            failed[from_unit, to_unit] = exc
-            raise
-
-    _units.conversion_factor = factor
-
-
 def profile(app, kind: str, n: int, calls: int) -> str:
     state = app.extensions["mm_cds"]
     service, body, _ = request(kind, n, state.kb.services.values())
@@ -205,19 +185,14 @@ def main() -> None:
     parser.add_argument("--resources", type=int, default=300, help="with --profile")
     parser.add_argument("--stub", choices=("keepalive", "close"), default="keepalive",
                         help="fetch path: how the FHIR stub serves (bench/fhir_stub.py; close: as before issue 12's http work)")
-    parser.add_argument("--assume-unit-cache", action="store_true",
-                        help="in process only: simulate failed unit conversions cached (the _units.py work)")
     args = parser.parse_args()
-    if args.assume_unit_cache:
-        assume_unit_cache()
     app = create_app({"log_level": "WARNING"}, clock=lambda: NOW)
     if args.profile:
         print(profile(app, args.profile, args.resources, args.calls))
         return
     start = reference_now()
     results: dict = {"machine": machine(start), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "reference_ms": {"start": start},
-                     "assume_unit_cache": args.assume_unit_cache}
+                     "reference_ms": {"start": start}}
     print(f"machine: {results['machine']}\n")
 
     results["in_process"] = rows = in_process(app, args.calls)
