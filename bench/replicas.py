@@ -31,6 +31,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from card_size import report, stored  # noqa: E402
+
 from tests.support.postgres import PostgresCluster, binaries  # noqa: E402
 from tests.support.replicas import Load, Replicas  # noqa: E402
 
@@ -118,10 +120,9 @@ def main() -> int:
         print(f"issued_cards peak {max(s[0] for s in samples)}, replay_jti peak {max(s[1] for s in samples)} "
               f"({len(samples)} samples)")
         size = shape.query("SELECT pg_database_size(current_database())")[0][0]
-        shape.query("VACUUM FULL issued_cards")
-        rows, table = shape.query("SELECT COUNT(*), pg_total_relation_size('issued_cards') FROM issued_cards")[0]
-        print(f"database size {size / 2**20:.1f} MiB; issued_cards after VACUUM FULL: {rows} rows, {table} bytes "
-              f"with its indexes = {table / max(rows, 1):.0f} bytes per card")
+        sizes = stored(shape.query)
+        print(f"database size {size / 2**20:.1f} MiB; the card tables after VACUUM FULL (the retention window's cards):")
+        print(report(sizes, cards=sizes[0][1]))
         return 0 if statuses == {"200": args.calls} else 1
     finally:
         if hasattr(shape, "proxy"):
