@@ -55,6 +55,7 @@ from run import (  # noqa: E402
     concurrent_wrk,
     machine,
     percentile,
+    pss_line,
     reference_now,
     sequential,
     table,
@@ -115,7 +116,7 @@ def over_http(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
             for think_ms in PACED_THINK_MS if n < 10000 else ():
                 before = load()
                 rows.append({"resources": n, **paced_clients(url, body, 32, seconds, think_ms), "load": f"{before}-{load()}"})
-        memory = {"startup_s": server.startup_s, "worker_rss_mb": server.worker_rss_mb()}
+        memory = {"startup_s": server.startup_s, "worker_rss_mb": server.worker_rss_mb(), "pss_mb": server.pss_mb()}
     finally:
         server.stop()
     return rows, memory
@@ -214,6 +215,7 @@ def main() -> None:
                       r["rps"], r["errors"], r["load"]] for r in http]))
         print(f"\n(3) start-up to /ready: {server['startup_s']:.2f} s; resident memory per worker after the runs (MB): "
               + ", ".join(f"{m:.0f}" for m in server["worker_rss_mb"]))
+        print(pss_line(server["pss_mb"]))
 
     if not args.skip_fetch:
         results["fetch"] = fetch = fetch_path(app, stub_mode=args.stub)

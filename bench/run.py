@@ -104,6 +104,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _proc_kb(pid: str, name: str, field: str) -> int:
+    """A `field:  N kB` line of /proc/<pid>/<name>."""
+    text = Path(f"/proc/{pid}/{name}").read_text()
+    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(field + ":"))
+
+
+def pss_line(pss: dict[str, float]) -> str:
+    return (f"    proportional set size (shared pages once, as a memory cgroup counts them): master {pss['master']:.0f} MB + "
+            f"{pss['workers']} workers {pss['workers_total']:.0f} MB = {pss['total']:.0f} MB")
+
+
 class ProductionServer:
     """`mm-cds serve --prod` on a free loopback port, started and stopped by the bench."""
 
@@ -131,14 +142,19 @@ class ProductionServer:
             raise SystemExit("the production server did not become ready in 60 s")
         self.startup_s = time.monotonic() - started
 
+    def _workers(self) -> list[str]:
+        return subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
+
     def worker_rss_mb(self) -> list[float]:
-        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
-        sizes = []
-        for pid in children:
-            status = Path(f"/proc/{pid}/status").read_text()
-            rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-            sizes.append(rss_kb / 1024)
-        return sizes
+        return [_proc_kb(pid, "status", "VmRSS") / 1024 for pid in self._workers()]
+
+    def pss_mb(self) -> dict[str, float]:
+        """Proportional set size of the master and all workers: the pages they share after the
+        fork (the preloaded knowledge) counted once, as a container's memory cgroup counts them
+        (a sum of RSS counts them once per process)."""
+        workers = [_proc_kb(pid, "smaps_rollup", "Pss") / 1024 for pid in self._workers()]
+        master = _proc_kb(str(self.process.pid), "smaps_rollup", "Pss") / 1024
+        return {"master": master, "workers_total": sum(workers), "total": master + sum(workers), "workers": len(workers)}
 
     def stop(self) -> None:
         self.process.terminate()
@@ -212,7 +228,7 @@ def end_to_end(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
             for clients in (8, 32):
                 run = concurrent_wrk if shutil.which("wrk") else concurrent_python
                 rows.append({"resources": n, **run(url, body, clients, seconds)})
-        memory = {"startup_s": server.startup_s, "worker_rss_mb": server.worker_rss_mb()}
+        memory = {"startup_s": server.startup_s, "worker_rss_mb": server.worker_rss_mb(), "pss_mb": server.pss_mb()}
     finally:
         server.stop()
     return rows, memory
@@ -301,6 +317,7 @@ def main() -> None:
                       r["rps"], r["errors"]] for r in http]))
         print(f"\n(c) start-up to /ready: {server['startup_s']:.2f} s; resident memory per worker (MB): "
               + ", ".join(f"{m:.0f}" for m in server["worker_rss_mb"]))
+        print(pss_line(server["pss_mb"]))
 
     results["fetch"] = fetch = fetch_path(app)
     print(f"\n(d) fetch path, no prefetch: {fetch['queries']} FHIR queries per call. Call median with the FHIR "
