@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from memory import pss_line  # noqa: E402
 from paced import paced_clients  # noqa: E402
 from run import (  # noqa: E402
     ProductionServer,
@@ -55,7 +56,6 @@ from run import (  # noqa: E402
     concurrent_wrk,
     machine,
     percentile,
-    pss_line,
     reference_now,
     sequential,
     table,

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from memory import pss_line, rss_mb, server_pss  # noqa: E402
 from synthetic import make_patient, order_sign_context, patient_view_context  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
@@ -104,17 +105,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _proc_kb(pid: str, name: str, field: str) -> int:
-    """A `field:  N kB` line of /proc/<pid>/<name>."""
-    text = Path(f"/proc/{pid}/{name}").read_text()
-    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(field + ":"))
-
-
-def pss_line(pss: dict[str, float]) -> str:
-    return (f"    proportional set size (shared pages once, as a memory cgroup counts them): master {pss['master']:.0f} MB + "
-            f"{pss['workers']} workers {pss['workers_total']:.0f} MB = {pss['total']:.0f} MB")
-
-
 class ProductionServer:
     """`mm-cds serve --prod` on a free loopback port, started and stopped by the bench."""
 
@@ -146,15 +136,10 @@ class ProductionServer:
         return subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
 
     def worker_rss_mb(self) -> list[float]:
-        return [_proc_kb(pid, "status", "VmRSS") / 1024 for pid in self._workers()]
+        return [rss_mb(pid) for pid in self._workers()]
 
     def pss_mb(self) -> dict[str, float]:
-        """Proportional set size of the master and all workers: the pages they share after the
-        fork (the preloaded knowledge) counted once, as a container's memory cgroup counts them
-        (a sum of RSS counts them once per process)."""
-        workers = [_proc_kb(pid, "smaps_rollup", "Pss") / 1024 for pid in self._workers()]
-        master = _proc_kb(str(self.process.pid), "smaps_rollup", "Pss") / 1024
-        return {"master": master, "workers_total": sum(workers), "total": master + sum(workers), "workers": len(workers)}
+        return server_pss(self.process.pid, self._workers())
 
     def stop(self) -> None:
         self.process.terminate()
