@@ -50,13 +50,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from memory import pss_line  # noqa: E402
 from paced import paced_clients  # noqa: E402
+from reference import machine, reference_now  # noqa: E402
 from run import (  # noqa: E402
     ProductionServer,
     concurrent_python,
     concurrent_wrk,
-    machine,
     percentile,
-    reference_now,
     sequential,
     table,
 )

@@ -7,17 +7,22 @@ back to back, this task's repeats also drift by up to 10% within a second. It ru
 project code and does the same work on every run (FHIR-like records filtered by code and
 value through closures, then sorted: the kind of work a hook call does), so two runs'
 numbers are compared after their reference times are; a difference within about 10% of
-the reference's own is not evidence about the code. bench/run.py runs it in a process of
-its own (`python bench/reference.py` prints the milliseconds), so that the benchmark's
-heap does not slow it.
+the reference's own is not evidence about the code. `reference_now()` runs it in a process
+of its own (`python bench/reference.py` prints the milliseconds), so that the benchmark's
+heap does not slow it, and `machine()` puts it in the header of bench/run.py and
+bench/realistic.py. Nothing here imports the benchmark or the project.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 RECORDS = 20000
 REPEATS = 25
@@ -61,6 +66,24 @@ def reference_ms(repeats: int = REPEATS) -> float:
         if collecting:
             gc.enable()
     return statistics.median(times) * 1000
+
+
+def machine(reference: float | None = None) -> str:
+    """The run's header: cores, CPU, Python, load average and the reference task's time
+    (`reference`, else measured now)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    ms = reference_now() if reference is None else reference
+    return (f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} "
+            f"at start, reference task {ms:.2f} ms")
+
+
+def reference_now() -> float:
+    """The machine's speed now: bench/reference.py's milliseconds, timed in a process of its
+    own (in the bench's process, after its 10,000-resource charts, the task took 15% longer)."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve())], capture_output=True, text=True,
+                          check=True, timeout=60)
+    return float(done.stdout)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from memory import pss_line, rss_mb, server_pss  # noqa: E402
+from reference import machine, reference_now  # noqa: E402
 from synthetic import make_patient, order_sign_context, patient_view_context  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
@@ -257,24 +258,6 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def machine(reference: float | None = None) -> str:
-    """The run's header: cores, CPU, Python, load average and the reference task's time
-    (`reference`, else measured now)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    ms = reference_now() if reference is None else reference
-    return (f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f} "
-            f"at start, reference task {ms:.2f} ms")
-
-
-def reference_now() -> float:
-    """The machine's speed now: bench/reference.py's milliseconds, timed in a process of its
-    own (in the bench's process, after its 10,000-resource charts, the task took 15% longer)."""
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py")], capture_output=True, text=True,
-                          check=True, timeout=60)
-    return float(done.stdout)
 
 
 def main() -> None:
