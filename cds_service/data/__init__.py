@@ -8,8 +8,8 @@ Public API:
     RequestData       what the engine evaluates over
     FetchSettings     transport, executor, timeout, page and byte limits
     FetchRecord       one key fetched: outcome kind and seconds (the caller records metrics)
-    Transport, HttpTransport, Response, ByteBudget   the injectable HTTP transport (urllib3;
-                      RequestsTransport: its former name)
+    Transport, HttpTransport, Response, ByteBudget   the injectable HTTP transport (http.client
+                      direct, urllib3 through a proxy; RequestsTransport: its former name)
     bundle_resources(bundle), next_link(bundle)         reading Bundles
     same_server(base, url)   url under the FHIR base (normalised; userinfo, `.` and `..` refused)
     draft_orders(context), trigger_orders(hook, context, orders)
@@ -26,16 +26,8 @@ from cds_service.data._assemble import (
     draft_orders,
     trigger_orders,
 )
-from cds_service.data._fetch import (
-    ByteBudget,
-    HttpTransport,
-    RequestsTransport,
-    Response,
-    Transport,
-    bundle_resources,
-    next_link,
-    same_server,
-)
+from cds_service.data._fetch import bundle_resources, next_link, same_server
+from cds_service.data._http import ByteBudget, HttpTransport, RequestsTransport, Response, Transport
 
 __all__ = [
     "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "HttpTransport", "KeyReport", "RequestData",

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import knowledge
-from cds_service.data._fetch import FhirClient, Transport, bundle_resources, next_link, same_server
+from cds_service.data._fetch import FhirClient, bundle_resources, next_link, same_server
+from cds_service.data._http import Transport
 from cds_service.data._medications import (
     MEDICATION_TYPES,
     MedicationReads,
