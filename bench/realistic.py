@@ -139,16 +139,18 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
                 body = {"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "context": context("a"), "fhirServer": base,
                         "fhirAuthorization": {"access_token": "test-token", "token_type": "Bearer", "expires_in": 300,
                                               "scope": "user/*.read", "subject": "bench"}}
-                times, before = [], load()
+                times, cpu, before = [], 0.0, load()
                 for i in range(calls + 2):
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), time.process_time()
                     outcome = call_hook(state.kb, service, body, NOW, state.fetch)
                     if i >= 2:
                         times.append(time.perf_counter() - started)
+                        cpu += time.process_time() - cpu_started  # every thread of the service's process
                 keys = sum(1 for f in outcome.fetches if f.key != "Medication")
                 reads = sum(1 for f in outcome.fetches if f.key == "Medication")
                 cards, _ = per_call(outcome)
                 result[delay] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
+                                 "cpu_ms": cpu / len(times) * 1000,
                                  "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
                                  "stub": stub_mode}
             finally:
@@ -222,7 +224,7 @@ def main() -> None:
             f = fetch[key]
             print(f"\n(4) fetch path ({args.stub} stub), workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} queries + "
                   f"{f['medication_reads']} Medication reads per call, {f['cards']} cards; median {f['median_ms']:.0f} ms, "
-                  f"p95 {f['p95_ms']:.0f} ms (load {f['load']})")
+                  f"p95 {f['p95_ms']:.0f} ms; the service's CPU {f['cpu_ms']:.1f} ms a call (load {f['load']})")
 
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
