@@ -272,6 +272,20 @@ def test_a_body_cut_short_of_its_length_is_a_connection_error_not_a_short_answer
         server.close()
 
 
+def test_a_host_name_that_does_not_resolve_is_a_connection_error_tried_twice(no_proxy_env, monkeypatch):
+    asked: list[str] = []
+
+    def no_such_host(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    with pytest.raises(FetchError) as info:
+        HttpTransport().get("http://fhir.hospital.example/fhir/Patient/p1", {}, 2.0)
+    assert (info.value.kind, info.value.reason) == ("connection", "connection failed: gaierror")
+    assert asked == ["fhir.hospital.example"] * 2
+
+
 def test_the_ca_bundle_is_found_where_requests_finds_it(no_proxy_env, tmp_path):
     bundle = tmp_path / "ca.pem"
     bundle.write_text("")

@@ -342,10 +342,11 @@ class _Direct:
 # requests' defaults that a FHIR server may rely on (compressed answers, decoded here).
 _DEFAULT_HEADERS = {"User-Agent": "mm-cds", "Accept-Encoding": "gzip, deflate"}
 
-# A connection refused, reset or closed before a whole answer: worth one retry on a fresh
-# one. (NewConnectionError subclasses ConnectTimeoutError in urllib3 2: tested first.)
+# A connection refused, reset or closed before a whole answer, or a host name the resolver
+# did not answer for (urllib3 counted that a connection failure too): worth one retry on
+# a fresh one. (NewConnectionError subclasses ConnectTimeoutError in urllib3 2: tested first.)
 _RETRIED = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError, ConnectionError,
-            http.client.IncompleteRead, http.client.BadStatusLine)
+            socket.gaierror, http.client.IncompleteRead, http.client.BadStatusLine)
 _TIMEOUTS = (urllib3.exceptions.TimeoutError, TimeoutError)
 _FAILURES = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError)
 
