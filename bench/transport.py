@@ -4,10 +4,12 @@ own process, workload (a)'s chart at 300 resources), answering at once or after 
 
     .venv/bin/python bench/transport.py [--rounds 40] [--delay 0.05]
 
-Three clients send the same GETs, alternately, in the same process:
+Four clients send the same GETs, alternately, in the same process:
   HttpTransport   the service's (cds_service/data/_http.py): http.client, direct
   urllib3         a PoolManager GET streamed as the transport sent it before (the baseline)
-  http.client     bare, no deadline watchdog, no byte budget, no decoding (the floor)
+  http.client     bare, no deadline watchdog, no byte budget, no decoding (the threads' floor)
+  selectors       one thread, 42 non-blocking sockets, answers framed by Content-Length
+                  only: what the same GETs cost without a thread each (an event loop's floor)
 Numbers are the process's CPU (every thread), per GET and per round of 42.
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import selectors
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +45,8 @@ HEADERS = {"Accept": "application/fhir+json", "Authorization": "Bearer test-toke
 IN_FLIGHT = 42  # the searches of workload (a)'s fetch path
 
 
-def _clients(port: int) -> dict[str, Callable[[str], bytes]]:
+def _clients(port: int, pool: ThreadPoolExecutor) -> dict[str, Callable[[list[str]], object]]:
+    """Each client sends one round: the 42 GETs at once, returning when all are answered."""
     transport = HttpTransport()
     local = threading.local()
 
@@ -67,24 +72,66 @@ def _clients(port: int) -> dict[str, Callable[[str], bytes]]:
         connection.request("GET", f"{parts.path}?{parts.query}", headers=HEADERS)
         return connection.getresponse().read()
 
-    return {"HttpTransport": service, "urllib3": pooled, "http.client": bare}
+    def threaded(get: Callable[[str], bytes]) -> Callable[[list[str]], object]:
+        return lambda urls: list(pool.map(get, urls))
+
+    return {"HttpTransport": threaded(service), "urllib3": threaded(pooled), "http.client": threaded(bare),
+            "selectors": _Multiplexed(port)}
+
+
+class _Multiplexed:
+    """The GETs of a round on one thread: a keep-alive socket each, one selector."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.sockets: list[socket.socket] = []
+        self.selector = selectors.DefaultSelector()
+
+    def __call__(self, urls: list[str]) -> list[bytes]:
+        while len(self.sockets) < len(urls):
+            sock = socket.create_connection(("127.0.0.1", self.port))
+            sock.setblocking(False)
+            self.sockets.append(sock)
+        lines = "".join(f"{name}: {value}\r\n" for name, value in HEADERS.items() if name != "Accept-Encoding")
+        received: dict[socket.socket, bytearray] = {}
+        for sock, url in zip(self.sockets, urls, strict=False):
+            parts = urlsplit(url)
+            sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{lines}\r\n"
+                         .encode())
+            self.selector.register(sock, selectors.EVENT_READ)
+            received[sock] = bytearray()
+        bodies = []
+        while len(bodies) < len(urls):
+            for key, _ in self.selector.select(10.0):
+                sock = key.fileobj
+                data = received[sock]
+                data += sock.recv(262144)  # type: ignore[union-attr]
+                end = data.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                length = int(bytes(data[:end]).lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(data) - end - 4 >= length:
+                    bodies.append(bytes(data[end + 4:end + 4 + length]))
+                    self.selector.unregister(sock)
+        return bodies
 
 
 def measure(base: str, port: int, rounds: int, chart_resources: list[dict]) -> dict[str, list[float]]:
     patient = next(r["id"] for r in chart_resources if r["resourceType"] == "Patient")
     codes = sorted({c["code"] for r in chart_resources if r["resourceType"] == "Observation"
                     for c in r.get("code", {}).get("coding", [])})
-    urls = [f"{base}/Observation?patient={patient}&code=http://loinc.org|{codes[i % len(codes)]}&status=final"
+    urls = [f"{base}/Observation?patient={patient}&code=http://loinc.org%7C{codes[i % len(codes)]}&status=final"
             for i in range(IN_FLIGHT)]
     results: dict[str, list[float]] = {}
     with ThreadPoolExecutor(64) as pool:
-        for _ in range(3):  # alternate, so a slower moment of the machine falls on all three
-            for name, get in _clients(port).items():
+        for _ in range(3):  # alternate, so a slower moment of the machine falls on all of them
+            # new clients each turn: the stub closes connections left idle while the others ran
+            for name, send_round in _clients(port, pool).items():
                 for _ in range(3):
-                    list(pool.map(get, urls))  # connections open, stub answers remembered
+                    send_round(urls)  # connections open, stub answers remembered
                 started = time.process_time()
                 for _ in range(rounds):
-                    list(pool.map(get, urls))
+                    send_round(urls)
                 results.setdefault(name, []).append((time.process_time() - started) / rounds / IN_FLIGHT * 1e6)
     return results
 
