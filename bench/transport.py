@@ -31,8 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # bench/, the script's own folder, is on sys.path already
 
 import urllib3  # noqa: E402
 from reference import machine, reference_now  # noqa: E402
