@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cds_service import config, knowledge, scenarios, web
+from cds_service.data import _http
 from cds_service.web import create_app
 
 from .support import fuzzing
@@ -60,6 +61,18 @@ def app(kb):
     app = create_app({"explain_enabled": True, "repeat_suppression": False}, kb=kb, clock=lambda: NOW)
     yield app
     web.state_of(app).feedback.close()
+
+
+@pytest.fixture()
+def no_proxy_env(monkeypatch):
+    """No proxy in the environment, and the transport's per-origin proxy look-up forgotten
+    before and after (it is read once per origin): GETs go direct to loopback servers."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    _http._proxy_for.cache_clear()
+    yield monkeypatch
+    _http._proxy_for.cache_clear()
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from cds_service.data import HttpTransport, _http
+from cds_service.data import HttpTransport
 
 from .support.bench import bench_module
 from .support.fhir_server import FhirServer, FhirStore
@@ -24,10 +24,7 @@ def _chart() -> list[dict]:
     return [patient, *observations]
 
 
-def test_the_one_thread_client_reads_every_answer_whole_on_kept_alive_connections(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)  # the service's transport reads them once per origin
-    _http._proxy_for.cache_clear()
+def test_the_one_thread_client_reads_every_answer_whole_on_kept_alive_connections(no_proxy_env):
     with FhirServer(FhirStore(_chart()), token=None, page_size=50) as fhir:
         urls = [f"{fhir.base}/Observation?patient=p1&code=http://loinc.org%7C{code}" for code in CODES]
         expected = sorted(json.dumps(json.loads(HttpTransport().get(url, {}, 5.0).body)["entry"]) for url in urls)

@@ -128,16 +128,6 @@ def _keep_alive(conn: socket.socket, seen: list[bytes], body: bytes = ANSWER, he
                      % (len(body), headers, body))
 
 
-@pytest.fixture()
-def no_proxy_env(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    _http._proxy_for.cache_clear()
-    yield monkeypatch
-    _http._proxy_for.cache_clear()
-
-
 def test_a_thread_reuses_its_keep_alive_connection(no_proxy_env):
     seen: list[bytes] = []
     server = RawServer(lambda conn: _keep_alive(conn, seen))

@@ -375,17 +375,18 @@ class HttpTransport:
         deadline = time.monotonic() + timeout
         if budget is None and self.max_bytes is not None:
             budget = ByteBudget(self.max_bytes, "this answer alone")
+        headers = {**_DEFAULT_HEADERS, **headers}
         _watch.deadline, _watch.tickets = deadline, []
         try:
             try:
-                return self._get(url, {**_DEFAULT_HEADERS, **headers}, deadline, budget)
+                return self._get(url, headers, deadline, budget)
             except _RETRIED:
                 # Most often a keep-alive connection the server closed while idle: an
                 # idempotent GET is sent once more, on a fresh connection, in the time left.
                 self._drop_connections()
                 if time.monotonic() >= deadline:
                     raise
-                return self._get(url, {**_DEFAULT_HEADERS, **headers}, deadline, budget)
+                return self._get(url, headers, deadline, budget)
         except FetchError:
             self._drop_connections()
             raise
