@@ -24,6 +24,7 @@ Results also go to bench/results/workloads.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -94,7 +95,7 @@ def in_process(app, calls: int, kinds: str = "abc") -> list[dict]:
                 outcome = call_hook(state.kb, service, body, NOW, state.fetch)
                 times.append(time.process_time() - started)
             cards, suggestions = per_call(outcome)
-            without, _ = replayed_ms(lambda: call_hook(state.kb, service, body, NOW, state.fetch), outcome, len(times))
+            without, _ = replayed_ms(functools.partial(call_hook, state.kb, service, body, NOW, state.fetch), outcome, len(times))
             rows.append({"workload": kind, "name": WORKLOADS[kind].name, "resources": n, **facts, "calls": len(times),
                          "median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
                          "floor_ms": without, "cards": cards, "suggestions": suggestions, "load": f"{before}-{load()}"})
