@@ -23,9 +23,12 @@ DELAY_SECONDS is added to every request, reads included, before it is answered.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,6 +59,17 @@ class RememberingFhirServer(FhirServer):
         elif self.delay:
             time.sleep(self.delay)  # the first time, FhirServer._handle slept it
         return answer
+
+
+@contextmanager
+def running(chart_path: Path, delay: float, mode: str = "keepalive") -> Iterator[str]:
+    """This stub in a process of its own, serving the chart at `chart_path`: its base URL."""
+    stub = subprocess.Popen([sys.executable, __file__, str(chart_path), str(delay), mode], stdout=subprocess.PIPE, text=True)
+    try:
+        yield stub.stdout.readline().strip()  # type: ignore[union-attr]
+    finally:
+        stub.terminate()
+        stub.wait(10)
 
 
 def serve(chart: list[dict], delay: float, mode: str) -> None:

@@ -31,11 +31,9 @@ import os
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 # bench/profile.py (pyinstrument) would shadow the standard library's `profile`, which
@@ -50,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from fetch_loop import threaded_body  # noqa: E402
+from fhir_stub import running  # noqa: E402
 from floor import replayed_ms  # noqa: E402
 from memory import pss_line  # noqa: E402
 from paced import paced_clients  # noqa: E402
@@ -136,13 +136,8 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
         path = Path(tmp) / "chart.json"
         path.write_text(json.dumps(chart("a", 300)))
         for delay in (0.0, 0.05):
-            stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), str(path), str(delay),
-                                     stub_mode], stdout=subprocess.PIPE, text=True)
-            try:
-                base = stub.stdout.readline().strip()
-                body = {"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "context": context("a"), "fhirServer": base,
-                        "fhirAuthorization": {"access_token": "test-token", "token_type": "Bearer", "expires_in": 300,
-                                              "scope": "user/*.read", "subject": "bench"}}
+            with running(path, delay, stub_mode) as base:
+                body = threaded_body(context("a"), base)
                 times, cpu, before = [], 0.0, load()
                 for i in range(calls + 2):
                     started, cpu_started = time.perf_counter(), time.process_time()
@@ -157,9 +152,6 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
                                  "cpu_ms": cpu / len(times) * 1000,
                                  "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
                                  "stub": stub_mode}
-            finally:
-                stub.terminate()
-                stub.wait(10)
     return {"no_delay": result[0.0], "delay_50ms": result[0.05]}
 
 

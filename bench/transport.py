@@ -20,7 +20,6 @@ import http.client
 import json
 import selectors
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench/, the script's own folder, is on sys.path already
 
 import urllib3  # noqa: E402
+from fhir_stub import running  # noqa: E402
 from reference import machine, reference_now  # noqa: E402
 from workloads import chart  # noqa: E402
 
@@ -146,14 +146,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chart.json"
         path.write_text(json.dumps(resources))
-        stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), str(path), str(args.delay)],
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            base = stub.stdout.readline().strip()  # type: ignore[union-attr]
+        with running(path, args.delay) as base:
             results = measure(base, urlsplit(base).port or 80, args.rounds, resources)
-        finally:
-            stub.terminate()
-            stub.wait(10)
     print(f"\n{IN_FLIGHT} GETs in flight at once, {args.rounds} rounds x 3, stub delay {args.delay * 1000:.0f} ms")
     print(f"{'client':14s} {'CPU µs per GET (3 runs)':>28s} {'ms per 42':>10s}")
     for name, runs in results.items():
