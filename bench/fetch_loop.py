@@ -22,15 +22,12 @@ connection the server closed.
 from __future__ import annotations
 
 import argparse
-import json
 import selectors
 import socket
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -211,11 +208,8 @@ def main() -> None:
     start = reference_now()
     print(f"machine: {machine(start)}")
     app = create_app({"log_level": "ERROR"}, clock=lambda: NOW)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "chart.json"
-        path.write_text(json.dumps(chart("a", 300)))
-        with running(path, args.delay) as base:
-            rows, timeline = compare(app.extensions["mm_cds"], base, args.calls)
+    with running(chart("a", 300), args.delay) as base:
+        rows, timeline = compare(app.extensions["mm_cds"], base, args.calls)
     print(f"\nworkload (a) 300, no prefetch, {args.delay * 1000:.0f} ms added to every request, {args.calls} calls each")
     print("| the GETs sent from | median ms | p95 ms | process CPU ms a call | cards |\n|---|---|---|---|---|")
     for name, row in rows.items():

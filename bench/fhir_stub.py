@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -62,14 +63,17 @@ class RememberingFhirServer(FhirServer):
 
 
 @contextmanager
-def running(chart_path: Path, delay: float, mode: str = "keepalive") -> Iterator[str]:
-    """This stub in a process of its own, serving the chart at `chart_path`: its base URL."""
-    stub = subprocess.Popen([sys.executable, __file__, str(chart_path), str(delay), mode], stdout=subprocess.PIPE, text=True)
-    try:
-        yield stub.stdout.readline().strip()  # type: ignore[union-attr]
-    finally:
-        stub.terminate()
-        stub.wait(10)
+def running(chart: list[dict], delay: float, mode: str = "keepalive") -> Iterator[str]:
+    """This stub in a process of its own, serving `chart` (written to a file it reads): its base URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chart.json"
+        path.write_text(json.dumps(chart))
+        stub = subprocess.Popen([sys.executable, __file__, str(path), str(delay), mode], stdout=subprocess.PIPE, text=True)
+        try:
+            yield stub.stdout.readline().strip()  # type: ignore[union-attr]
+        finally:
+            stub.terminate()
+            stub.wait(10)
 
 
 def serve(chart: list[dict], delay: float, mode: str) -> None:

@@ -32,7 +32,6 @@ import pstats
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -132,26 +131,24 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
     state = app.extensions["mm_cds"]
     service = next(s for s in state.kb.services.values() if s.hook == WORKLOADS["a"].hook)
     result = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "chart.json"
-        path.write_text(json.dumps(chart("a", 300)))
-        for delay in (0.0, 0.05):
-            with running(path, delay, stub_mode) as base:
-                body = threaded_body(context("a"), base)
-                times, cpu, before = [], 0.0, load()
-                for i in range(calls + 2):
-                    started, cpu_started = time.perf_counter(), time.process_time()
-                    outcome = call_hook(state.kb, service, body, NOW, state.fetch)
-                    if i >= 2:
-                        times.append(time.perf_counter() - started)
-                        cpu += time.process_time() - cpu_started  # every thread of the service's process
-                keys = sum(1 for f in outcome.fetches if f.key != "Medication")
-                reads = sum(1 for f in outcome.fetches if f.key == "Medication")
-                cards, _ = per_call(outcome)
-                result[delay] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
-                                 "cpu_ms": cpu / len(times) * 1000,
-                                 "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
-                                 "stub": stub_mode}
+    records = chart("a", 300)
+    for delay in (0.0, 0.05):
+        with running(records, delay, stub_mode) as base:
+            body = threaded_body(context("a"), base)
+            times, cpu, before = [], 0.0, load()
+            for i in range(calls + 2):
+                started, cpu_started = time.perf_counter(), time.process_time()
+                outcome = call_hook(state.kb, service, body, NOW, state.fetch)
+                if i >= 2:
+                    times.append(time.perf_counter() - started)
+                    cpu += time.process_time() - cpu_started  # every thread of the service's process
+            keys = sum(1 for f in outcome.fetches if f.key != "Medication")
+            reads = sum(1 for f in outcome.fetches if f.key == "Medication")
+            cards, _ = per_call(outcome)
+            result[delay] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
+                             "cpu_ms": cpu / len(times) * 1000,
+                             "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
+                             "stub": stub_mode}
     return {"no_delay": result[0.0], "delay_50ms": result[0.05]}
 
 

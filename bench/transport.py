@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import selectors
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -143,11 +141,8 @@ def main() -> None:
     start = reference_now()
     print(f"machine: {machine(start)}")
     resources = chart("a", 300)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "chart.json"
-        path.write_text(json.dumps(resources))
-        with running(path, args.delay) as base:
-            results = measure(base, urlsplit(base).port or 80, args.rounds, resources)
+    with running(resources, args.delay) as base:
+        results = measure(base, urlsplit(base).port or 80, args.rounds, resources)
     print(f"\n{IN_FLIGHT} GETs in flight at once, {args.rounds} rounds x 3, stub delay {args.delay * 1000:.0f} ms")
     print(f"{'client':14s} {'CPU µs per GET (3 runs)':>28s} {'ms per 42':>10s}")
     for name, runs in results.items():
