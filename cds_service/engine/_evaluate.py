@@ -239,7 +239,10 @@ def _fingerprint(run: _Run, card: CardResult, env: Environment) -> None:
 
 def _passes(run: _Run, conditions: tuple[Condition, ...], env: Environment, outcomes: list[Outcome]) -> bool:
     if not run.explain:  # the first condition not true decides; the trace wants them all
-        return all(run.holds(condition, env, outcomes) for condition in conditions)
+        for condition in conditions:  # a loop, not all(generator): run for every action of every call
+            if not run.holds(condition, env, outcomes):
+                return False
+        return True
     passed = True
     for condition in conditions:
         outcome = run.condition(condition, env)

@@ -81,17 +81,30 @@ def _split(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _token_value(token: str, context: Mapping[str, Any], today: dt.date) -> str | None:
-    if m := _TODAY.match(token):
-        sign, days = m.group(1), int(m.group(2) or 0)
-        return (today + dt.timedelta(days=-days if sign == "-" else days)).isoformat()
-    if m := _CONTEXT.match(token):
-        value = context.get(m.group(1))
+    kind, argument = _token_kind(token)
+    if kind == "today":
+        return (today + dt.timedelta(days=argument)).isoformat()
+    if kind == "context":
+        value = context.get(argument)
         return value if isinstance(value, str) and value else None
-    resource_type = _USER_TOKENS.get(token)
     user = context.get("userId")
-    if resource_type and isinstance(user, str) and user.startswith(resource_type + "/"):
+    if kind == "user" and isinstance(user, str) and user.startswith(argument + "/"):
         return user.split("/", 1)[1]
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_kind(token: str) -> tuple[str, Any]:
+    """What a token reads, worked out once (every call resolves every key's template):
+    ("today", offset in days), ("context", field), ("user", resource type) or ("none", None)."""
+    if m := _TODAY.match(token):
+        days = int(m.group(2) or 0)
+        return "today", -days if m.group(1) == "-" else days
+    if m := _CONTEXT.match(token):
+        return "context", m.group(1)
+    if token in _USER_TOKENS:
+        return "user", _USER_TOKENS[token]
+    return "none", None
 
 
 def build_template(
