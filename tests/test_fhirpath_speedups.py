@@ -97,3 +97,109 @@ def test_errors_are_the_same_compiled_and_interpreted(state):
             finally:
                 fhirpath.set_compiled(True)
         assert outcomes[0] == outcomes[1], source
+
+
+# Operand values of the boolean truth table: empty, true, false, a non-boolean (an error
+# when typed as a Boolean), two booleans (an error too).
+_OPERANDS = {"empty": [], "true": [True], "false": [False], "number": [1], "two": [True, False]}
+_BOOLEAN_FORMS = (
+    "%a {op} %b", "%a.exists() {op} %b.empty()", "(%a {op} %b).not()", "%a {op} (%b {op} %a).not()",
+    "%items.where(%a {op} %b).count()", "iif(%a {op} %b, 'yes', 'no')", "(%a {op} %b).exists()",
+    "%a.not() {op} %b.exists().not()", "%a {op} %b {op} %undefined.exists()",
+)
+
+
+def _outcome(state, source: str, env_values: dict, eager: bool):
+    from cds_service.fhirpath import Environment, EvaluationError, Evaluator, Scope, parse
+
+    scope = Scope(state.kb.terminology, __import__("datetime").date(2026, 6, 15), eager=eager)
+    try:
+        return "ok", fhirpath.plain(Evaluator(scope, None).run(parse(source), Environment(env_values, {})))
+    except EvaluationError as exc:
+        return "error", str(exc)
+
+
+@pytest.mark.parametrize("op", ["and", "or", "implies", "xor"])
+def test_boolean_operators_answer_as_fhirpathpy_for_every_operand(state, op):
+    """The three-valued closures (fhirpath/_truth.py) against fhirpathpy's interpreter: every
+    pair of operands (empty, true, false, a number, two booleans), in every boolean form the
+    compiler fuses (exists, empty, not, where, iif, nesting): eager (the explain trace) the
+    same answer or the same error; short-circuited the same answer wherever fhirpathpy has one."""
+    compared = 0
+    for form in _BOOLEAN_FORMS:
+        source = form.format(op=op)
+        for a_name, a in _OPERANDS.items():
+            for b_name, b in _OPERANDS.items():
+                if "%undefined" in source and {a_name, b_name} & {"number", "two"}:
+                    continue  # two different errors: which one is raised depends on what is skipped
+                values = {"a": a, "b": b, "items": [1, 2, 3]}
+                previous = fhirpath.set_compiled(False)
+                try:
+                    interpreted = _outcome(state, source, values, True)  # fhirpathpy never short-circuits
+                finally:
+                    fhirpath.set_compiled(previous)
+                eager = _outcome(state, source, values, True)
+                assert eager == interpreted, f"{source} with a={a_name}, b={b_name}, eager"
+                short = _outcome(state, source, values, False)
+                if interpreted[0] == "ok":
+                    assert short == interpreted, f"{source} with a={a_name}, b={b_name}"
+                else:
+                    # spec 6.5: skipping the operand that fails may answer where fhirpathpy raises
+                    assert short[0] == "ok" or short == interpreted, f"{source} with a={a_name}, b={b_name}"
+                compared += 1
+    assert compared == (len(_BOOLEAN_FORMS) - 1) * len(_OPERANDS) ** 2 + 3 * 3
+
+
+def test_member_nodes_are_fhirpathpys_nodes():
+    """The compiler's node constructor makes what ResourceNode(data, path, index=i) makes."""
+    from collections import OrderedDict
+
+    from fhirpathpy.engine.nodes import ResourceNode
+
+    from cds_service.fhirpath._fused import node as _node
+
+    for data in ({"resourceType": "Observation", "id": "o"}, {"coding": []}, "text", 3,
+                 OrderedDict(resourceType="Medication"), OrderedDict(code="x"), None):
+        for index in (None, 0, 2):
+            assert vars(_node(data, "Observation.code", index)) == vars(ResourceNode(data, "Observation.code", index=index))
+
+
+def test_unions_answer_as_fhirpathpy(state):
+    """`|` without fhirpathpy's distinct() where nothing can repeat (nothing, one item) or only
+    strings do: the same items, in the same order, as fhirpathpy's union_op."""
+    observation = {"resourceType": "Observation", "id": "o1", "status": "final", "valueQuantity": {"value": 1.5}}
+    cases = [([], []), ([observation], []), ([], [observation]), ([observation], [observation]),
+             (["b", "a"], ["a", "c"]), ([True], []), ([3], []), ([2.5], []), ([observation, {"id": "x"}], [])]
+    sources = ("%a | %b", "%a.where(true) | %b", "(%a | %b).count()", "(%a.where(status = 'final') | %b).id",
+               "(%a | %b).valueQuantity.value", "(%a.valueQuantity | %b.valueQuantity).value")
+    for source in sources:
+        for a, b in cases:
+            values = {"a": a, "b": b}
+            compiled = _outcome(state, source, values, False)
+            previous = fhirpath.set_compiled(False)
+            try:
+                interpreted = _outcome(state, source, values, False)
+            finally:
+                fhirpath.set_compiled(previous)
+            assert compiled == interpreted, f"{source} with a={a!r}, b={b!r}"
+
+
+def test_plus_chains_and_iif_answer_as_fhirpathpy(state):
+    """`a + b + c ...` folded in one closure and iif() of a boolean criterion: the same values
+    and the same errors as fhirpathpy's nested operators, whatever the operands hold."""
+    operands = {"text": ["x"], "empty": [], "number": [2], "two": ["a", "b"], "flag": [True]}
+    sources = ("'<' + %a + '|' + %b + '>'", "%a + %b + %a", "%a + (%b + %a)", "%a - %b + %a", "%a + %b - %a",
+               "'n: ' + (%a + 1).toString() + %b", "iif(%a.exists() and %b.empty(), 'yes', 'no') + %a",
+               "iif(%a.exists().not(), %b, %a)", "iif(%b.exists() or %a.exists(), 'one')",
+               "iif(%a and %b.exists(), 'yes', 'no')")
+    for source in sources:
+        for a_name, a in operands.items():
+            for b_name, b in operands.items():
+                values = {"a": a, "b": b}
+                compiled = _outcome(state, source, values, False)
+                previous = fhirpath.set_compiled(False)
+                try:
+                    interpreted = _outcome(state, source, values, False)
+                finally:
+                    fhirpath.set_compiled(previous)
+                assert compiled == interpreted, f"{source} with a={a_name}, b={b_name}"

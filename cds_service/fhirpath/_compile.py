@@ -12,6 +12,14 @@ handled here fall back to fhirpathpy's `do_eval` for that subtree, so every expr
 still evaluates; tests/test_fhirpath_speedups.py runs every scenario with and without
 compilation and requires identical results.
 
+Some shapes are fused into one closure, because they are most of what our rules evaluate:
+a node that can only be a boolean or empty (and/or/implies/xor, exists(), empty(), not())
+is a three-valued closure (fhirpath/_truth.py) wherever a logic operator, where() or
+iif() consumes it; a chain `a + b + c` (the card texts) is folded in one closure; `{}`,
+quantity literals and `contains`/`in` no longer go through do_eval. Each keeps the nested
+closures' order of evaluation, `$this` writes and errors (the truth-table tests in
+tests/test_fhirpath_speedups.py compare them with fhirpathpy operand by operand).
+
 One deliberate difference: a member access does not fill ResourceNode.propName (the
 "Patient.name[0]" path string). fhirpathpy only ever reads it to build the propName of
 the node's own children (navigation.py), never to compute a value, and building it was a
@@ -27,10 +35,11 @@ from typing import Any
 
 from fhirpathpy.engine import check_boolean_param, check_string_param, do_eval, param_check_table, type_specifier, util
 from fhirpathpy.engine.evaluators import evaluators, member_invocation
-from fhirpathpy.engine.invocations import combining, equality, existence, logic, math, misc
+from fhirpathpy.engine.invocations import existence, logic, math, misc
 from fhirpathpy.engine.nodes import FP_Quantity, ResourceNode
 
-from cds_service.fhirpath._speedups import require_supported_fhirpathpy
+from cds_service.fhirpath import _fused, _truth
+from cds_service.fhirpath._speedups import require_supported_fhirpathpy, where_fn
 
 _VERSION_CHECKED = False  # the first compile checks fhirpathpy's version (then never again)
 
@@ -40,8 +49,10 @@ _CONSTANT = ("StringLiteral", "NumberLiteral", "BooleanLiteral", "Identifier")
 _PASS_THROUGH = ("TermExpression", "InvocationTerm", "ParenthesizedTerm")
 _OPERATORS = ("InequalityExpression", "AdditiveExpression", "MultiplicativeExpression", "EqualityExpression",
               "OrExpression", "ImpliesExpression", "AndExpression", "XorExpression")
-_IMPLIES = logic.implies_op
-_SHORT_CIRCUIT = {"and": False, "or": True, "implies": False}  # the left value that decides the result
+_MEMBERSHIP = {"contains": "containsOp", "in": "inOp"}
+_LOGIC = ("OrExpression", "AndExpression", "ImpliesExpression")  # `xor` is an OrExpression too
+_LOGIC_FUNCTIONS = {"and": logic.and_op, "or": logic.or_op, "implies": logic.implies_op, "xor": logic.xor_op}
+_BOOLEAN_CALLS = {"exists": existence.exists_macro, "empty": existence.empty_fn, "not": existence.not_fn}
 _Mapping = abc.Mapping
 
 
@@ -104,10 +115,23 @@ class _Compiler:
             return lambda ctx, data: util.arraify(ctx["$this"])
         if kind == "FunctionInvocation":
             return self._function(node)
+        if kind in _LOGIC:
+            boolean = self.truth(node)
+            if boolean is not None:
+                return _truth.as_list(boolean)
+        if kind == "AdditiveExpression" and node["terminalNodeText"][0] == "+" and self._plain_plus():
+            return _fused.plus_chain([self.node(operand) for operand in _fused.plus_operands(node)])
         if kind in _OPERATORS:
             return self._infix(node, node["terminalNodeText"][0])
         if kind == "UnionExpression":
             return self._infix(node, "|")
+        if kind == "MembershipExpression" and node["terminalNodeText"][0] in _MEMBERSHIP:
+            return self._infix(node, _MEMBERSHIP[node["terminalNodeText"][0]])  # fhirpathpy's alias_op_expression
+        if kind == "NullLiteral":
+            return lambda ctx, data: []  # `{}`
+        if kind == "QuantityLiteral":
+            quantity = evaluators[kind]  # a fresh FP_Quantity per evaluation, as fhirpathpy makes it
+            return lambda ctx, data: quantity(ctx, data, node)
         return lambda ctx, data: do_eval(ctx, data, node)
 
     def param(self, kind: Any, node: dict) -> Param:
@@ -174,6 +198,51 @@ class _Compiler:
 
         return typed
 
+    def truth(self, node: dict) -> _truth.Truth | None:
+        """The node as a three-valued closure (fhirpath/_truth.py) when it can only answer a
+        boolean or nothing: and/or/implies/xor, `X.exists()`, `X.empty()`, `.not()` of such a
+        node; None for any other node (or a function our registry replaces)."""
+        kind = node["type"]
+        if kind in _PASS_THROUGH:
+            children: list[dict] = node.get("children") or []
+            return self.truth(children[0]) if len(children) == 1 else None
+        if kind in _LOGIC:
+            op = node["terminalNodeText"][0]
+            invocation = self.registry.get(op) or {}
+            if invocation.get("fn") is not _LOGIC_FUNCTIONS.get(op) or len(node["children"]) != 2:
+                return None
+            first, second = node["children"]
+            return _truth.logic(op, self.operand(first), self.operand(second))
+        if kind == "InvocationExpression" and len(node["children"]) == 2:
+            return self._boolean_call(*node["children"])
+        return None
+
+    def operand(self, node: dict) -> _truth.Truth:
+        """An and/or operand: its three-valued closure, or its list typed as a Boolean."""
+        found = self.truth(node)
+        return found if found is not None else _truth.typed(self.node(node))
+
+    def _boolean_call(self, target: dict, call: dict) -> _truth.Truth | None:
+        """`X.exists()`, `X.empty()` (fused with X when X is `%name`) and `X.not()`."""
+        if call["type"] != "FunctionInvocation" or len(call["children"][0]["children"]) != 1:
+            return None  # not a call, or a call with arguments
+        name = evaluators["Identifier"]({}, [], call["children"][0]["children"][0])[0]
+        fn = (self.registry.get(name) or {}).get("fn")
+        if fn is None or fn is not _BOOLEAN_CALLS.get(name):
+            return None
+        if name == "not":
+            inner = self.truth(target)
+            return _truth.negation(inner) if inner is not None else None
+        variable = _variable_name(target)
+        if variable is not None:
+            return (_truth.variable_exists if name == "exists" else _truth.variable_empty)(variable, _lookup)
+        return (_truth.exists if name == "exists" else _truth.empty)(self.node(target))
+
+    def _plain_plus(self) -> bool:
+        """Whether `+` is fhirpathpy's (an `Any`, `Any` operator, empty when either side is)."""
+        invocation = self.registry.get("+") or {}
+        return invocation.get("fn") is math.plus and "nullable" in invocation and invocation["arity"][2] == ["Any", "Any"]
+
     def _params(self, kinds: list, nodes: list[dict]) -> list[Param]:
         return [self.param(k, n) for k, n in zip(kinds, nodes, strict=False)]
 
@@ -196,7 +265,11 @@ class _Compiler:
         if fn.__name__ == "trace_fn" or len(raw) not in invocation["arity"]:
             return lambda ctx, data: do_eval(ctx, data, node)
         if fn is misc.iif_macro:
-            return _iif([self.node(p) for p in raw])
+            return _iif([self.node(p) for p in raw], self.truth(raw[0]))
+        if fn is where_fn and len(raw) == 1:
+            criterion = self.truth(raw[0])
+            if criterion is not None:
+                return _fused.where(criterion)
         params = self._params(invocation["arity"][len(raw)], raw)
         compiled = _call(fn, nullable_input, "nullable" in invocation, params)
         if fn is existence.exists_macro and not params:
@@ -207,7 +280,7 @@ class _Compiler:
         lookup, name = self.variables.get(id(steps[0]), (None, ""))
         if lookup is steps[0] and len(steps) == 2:
             if self.exists.get(id(steps[1])) is steps[1]:
-                return _variable_exists(name)  # %name.exists(): the most common condition
+                return _truth.as_list(_truth.variable_exists(name, _lookup))  # %name.exists(): the commonest condition
             return _variable_then(name, steps[1])
         return _chain(steps)
 
@@ -215,10 +288,7 @@ class _Compiler:
         invocation = self.registry.get(op)
         if invocation is None or "fn" not in invocation or len(node["children"]) != 2:
             return lambda ctx, data: do_eval(ctx, data, node)  # raises as fhirpathpy does
-        fn = _FAST_OPERATORS.get(invocation["fn"], invocation["fn"])
-        if op in _SHORT_CIRCUIT and invocation["arity"][2] == [["Boolean"], ["Boolean"]]:
-            first, second = node["children"]
-            return _logic(fn, self.node(first), self.node(second), _SHORT_CIRCUIT[op])
+        fn = _fused.FAST_OPERATORS.get(invocation["fn"], invocation["fn"])
         if invocation["arity"][2] == ["Any", "Any"]:
             first, second = node["children"]
             return _any_infix(fn, self.node(first), self.node(second), "nullable" in invocation)
@@ -275,6 +345,13 @@ def _chain(steps: list[Compiled]) -> Compiled:
     return chain
 
 
+def _variable_name(node: dict) -> str | None:
+    """The name of a bare `%name` term, else None."""
+    while node["type"] == "TermExpression" and len(node.get("children") or ()) == 1:
+        node = node["children"][0]
+    return _constant_name(node) if node["type"] == "ExternalConstantTerm" else None
+
+
 def _constant_name(node: dict) -> str:
     identifier = node["children"][0]["children"][0]
     return evaluators["Identifier"]({}, [], identifier)[0].replace("`", "")
@@ -315,18 +392,6 @@ def _variable_then(name: str, step: Compiled) -> Compiled:
     return variable_then
 
 
-def _variable_exists(name: str) -> Compiled:
-    """`%name.exists()`: exists_macro's `not is_empty(...)` of the (always list) value."""
-    def variable_exists(ctx: dict, data: Any) -> list:
-        try:
-            value = ctx["vars"][name]
-        except KeyError:
-            return _lookup(ctx, name)
-        return [bool(value) if isinstance(value, list) else value is not None]
-
-    return variable_exists
-
-
 def _variadic(fn: Callable, nullable_input: bool, params: list[Param]) -> Compiled:
     def variadic(ctx: dict, data: Any) -> list:
         if nullable_input and (data is None or (isinstance(data, list) and not data)):
@@ -348,15 +413,17 @@ def _no_params(fn: Callable, nullable_input: bool) -> Compiled:
     return no_params
 
 
-def _iif(branches: list[Compiled]) -> Compiled:
+def _iif(branches: list[Compiled], boolean: _truth.Truth | None) -> Compiled:
     """iif(criterion, true-result [, otherwise-result]): fhirpathpy's iif_macro, whose three
-    arguments are expressions evaluated on the input (as $this), only the one it needs."""
+    arguments are expressions evaluated on the input (as $this), only the one it needs. A
+    boolean criterion (`boolean`, fhirpath/_truth.py) is true exactly when is_true() of its
+    list would be."""
     criterion, chosen = branches[0], branches[1]
     otherwise = branches[2] if len(branches) > 2 else None
 
     def iif(ctx: dict, data: Any) -> list:
         this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
-        if util.is_true(criterion(ctx, this)):
+        if boolean(ctx, this) is True if boolean is not None else util.is_true(criterion(ctx, this)):
             this = ctx["$this"] = data if isinstance(data, list) else util.arraify(data)
             value = chosen(ctx, this)
             return value if isinstance(value, list) else ([] if value is None else [value])
@@ -404,72 +471,6 @@ def _call(fn: Callable, nullable_input: bool, nullable: bool, params: list[Param
     return call
 
 
-def _boolean_operand(result: list) -> Any:
-    """An `and`/`or`/`implies` operand as make_param types it (kind ["Boolean"]): empty
-    stays empty, one boolean is itself, more than one is an error."""
-    if not result:
-        return []
-    if len(result) > 1:
-        raise Exception("Unexpected collection" + json.dumps(result) + "; expected singleton of type Boolean")
-    return check_boolean_param(result[0])
-
-
-def _logic(fn: Callable, left: Compiled, right: Compiled, decided: bool) -> Compiled:
-    """`and`, `or`, `implies`: the right operand is skipped once the left decides the result.
-
-    FHIRPath lets an implementation short-circuit these (spec 6.5): `false and X` is false,
-    `true or X` is true and `false implies X` is true whatever X is, empty included. Any
-    other left value (true, false or empty) needs the right operand, as fhirpathpy does.
-    The operands are typed inline (a plain boolean at once), as make_param would.
-    """
-    short = [decided if fn is not _IMPLIES else True]
-
-    def logic_op(ctx: dict, data: Any) -> list:
-        ctx["$this"] = data
-        r = left(ctx, data)
-        a = r[0] if len(r) == 1 and (r[0] is True or r[0] is False) else _boolean_operand(r)
-        if a is decided and not ctx["eager"]:
-            return list(short)
-        ctx["$this"] = data
-        r = right(ctx, data)
-        b = r[0] if len(r) == 1 and (r[0] is True or r[0] is False) else _boolean_operand(r)
-        value = fn(ctx, a, b)
-        return value if isinstance(value, list) else ([] if value is None else [value])
-
-    return logic_op
-
-
-def _union(ctx: dict, left: list, right: list) -> Any:
-    """`|` of plain strings (the text templates' lists) without fhirpathpy's distinct(), which
-    builds a table of 24 Decimals per call; the same first-seen order as its uniq()."""
-    items = left + right
-    if items and all(type(v) is str for v in items):
-        return list(dict.fromkeys(items))
-    return combining.union_op(ctx, left, right)
-
-
-def _plus(ctx: dict, left: list, right: list) -> Any:
-    """`+` of two plain strings (the card texts) directly; anything else as fhirpathpy does."""
-    if len(left) == 1 and len(right) == 1 and type(left[0]) is str and type(right[0]) is str:
-        return left[0] + right[0]
-    return math.plus(ctx, left, right)
-
-
-def _equal(ctx: dict, left: list, right: list) -> Any:
-    """`=` of a singleton against a string literal (status = 'active') without the type
-    look-ups; fhirpathpy's equality reads a node as a Quantity only at a Quantity path."""
-    if len(left) == 1 and len(right) == 1 and type(right[0]) is str:
-        a = left[0]
-        if type(a) is str:
-            return [a == right[0]]
-        if type(a) is ResourceNode and type(a.data) is str and a.path not in ("Quantity", "System.Quantity"):
-            return [a.data == right[0]]
-    return equality.equal(ctx, left, right)
-
-
-_FAST_OPERATORS: dict[Callable, Callable] = {combining.union_op: _union, math.plus: _plus, equality.equal: _equal}
-
-
 def _typed_path(model: Any, path: str) -> str:
     return model["path2Type"].get(path, path) if isinstance(model, dict) and "path2Type" in model else path
 
@@ -505,26 +506,31 @@ def _member(node: dict) -> Compiled:
         if not isinstance(data, list):
             return []
         model = ctx["model"]
+        model_id = id(model)
         out: list = []
         for res in data:
-            if not isinstance(res, ResourceNode):
+            if type(res) is not ResourceNode and not isinstance(res, ResourceNode):
                 res = ResourceNode(res, None)
-            found = paths.get((id(model), res.path))
+            found = paths.get((model_id, res.path))
             if found is None:
-                found = paths[(id(model), res.path)] = _child_paths(model, res.path, key)
+                found = paths[(model_id, res.path)] = _child_paths(model, res.path, key)
             path, mapping_path, choices = found
             value = res.data
             to_add = to_add_ = None
-            if isinstance(value, FP_Quantity):
-                to_add = value.value
-            if choices and isinstance(value, _Mapping):
+            if type(value) is dict:  # the usual case, without the Mapping ABC's instance check
+                mapping = True
+            else:
+                if isinstance(value, FP_Quantity):
+                    to_add = value.value
+                mapping = isinstance(value, _Mapping)
+            if choices and mapping:
                 for field, hidden_field, choice_path in choices:
                     to_add = value.get(field)
                     to_add_ = value.get(hidden_field)
                     if to_add is not None or to_add_ is not None:
                         path = choice_path
                         break
-            elif isinstance(value, _Mapping):
+            elif mapping:
                 to_add = value.get(key)
                 to_add_ = value.get(hidden)
                 path = mapping_path
@@ -534,10 +540,9 @@ def _member(node: dict) -> Compiled:
                 if added is None or (isinstance(added, list) and not added):
                     continue
                 if isinstance(added, list):
-                    out.extend(x if isinstance(x, ResourceNode) else ResourceNode(x, path, index=i)
-                               for i, x in enumerate(added))
+                    out.extend(x if isinstance(x, ResourceNode) else _fused.node(x, path, i) for i, x in enumerate(added))
                 else:
-                    out.append(added if isinstance(added, ResourceNode) else ResourceNode(added, path))
+                    out.append(added if isinstance(added, ResourceNode) else _fused.node(added, path, None))
         return out
 
     return member

@@ -45,16 +45,19 @@ def _remember(evaluate: Callable) -> Callable:
     return cached
 
 
-def _where(ctx: dict, data: Any, criterion: Callable) -> list:
+def where_fn(ctx: dict, data: Any, criterion: Callable) -> list:
     if not isinstance(data, list):
         return []
-    kept = []
+    kept: list = []
     for index, item in enumerate(data):
         ctx["$index"] = index
         result = criterion(item)
         if len(result) > 0 and result[0]:
-            kept.append(item)
-    return util.flatten(kept)
+            if isinstance(item, list):
+                kept.extend(item)  # fhirpathpy's flatten of the kept items, inline
+            else:
+                kept.append(item)
+    return kept
 
 
 def registry_for(user_table: dict) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def registry_for(user_table: dict) -> dict[str, Any]:
     merged = _merged.get(id(user_table))
     if merged is None:
         merged = {**invocation_registry, **user_table}  # type: ignore[dict-item]  # untyped library table
-        merged["where"] = {**merged["where"], "fn": _where}
+        merged["where"] = {**merged["where"], "fn": where_fn}
         _merged[id(user_table)] = merged
     return merged
 

@@ -1,0 +1,160 @@
+"""Boolean nodes compiled to three-valued closures: `fn(ctx, data) -> True | False | None`.
+
+Most of our conditions are and/or chains of `%x.exists()`, `%y.empty()` and `.not()`. As
+list closures (fhirpath/_compile.py) every step builds a one-item list, every operand is
+typed again (make_param's Boolean check) and every operator goes through fhirpathpy's
+and_op/or_op. A node that can only be a boolean or empty is compiled here instead to a
+closure that answers True, False or None (empty), and the logic operators combine those
+directly; only the outermost boolean node builds its list. An operand that may be
+anything else (a variable holding a boolean, a comparison) is typed exactly as make_param
+types it, with the same errors. The same short-circuit rules as the list closures apply
+(FHIRPath 6.5: `false and X`, `true or X`, `false implies X`), and the same `$this`
+writes, so functions evaluated later in the expression see the context they saw before.
+tests/test_fhirpath_speedups.py compares every scenario with fhirpathpy's interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fhirpathpy.engine import check_boolean_param, util
+
+Truth = Callable[[dict, Any], Any]  # (ctx, data) -> True, False or None (the empty collection)
+Compiled = Callable[[dict, Any], Any]
+
+
+def as_list(truth: Truth) -> Compiled:
+    """The list closure of a boolean node: [True], [False] or []."""
+
+    def boolean(ctx: dict, data: Any) -> list:
+        value = truth(ctx, data)
+        return [] if value is None else [value]
+
+    return boolean
+
+
+def typed(compiled: Compiled) -> Truth:
+    """Any node as an and/or operand: make_param's ["Boolean"] typing of its list."""
+
+    def operand(ctx: dict, data: Any) -> Any:
+        result = compiled(ctx, data)
+        if len(result) == 1 and (result[0] is True or result[0] is False):
+            return result[0]
+        if not result:
+            return None
+        if len(result) > 1:
+            raise Exception("Unexpected collection" + json.dumps(result) + "; expected singleton of type Boolean")
+        return check_boolean_param(result[0])
+
+    return operand
+
+
+def exists(compiled: Compiled) -> Truth:
+    """`X.exists()`: exists_macro's `not is_empty(X)`."""
+
+    def exists_(ctx: dict, data: Any) -> Any:
+        value = compiled(ctx, data)
+        return not (isinstance(value, list) and not value)
+
+    return exists_
+
+
+def empty(compiled: Compiled) -> Truth:
+    """`X.empty()`: empty_fn's is_empty of X as a collection."""
+
+    def empty_(ctx: dict, data: Any) -> Any:
+        value = compiled(ctx, data)
+        return not (value if isinstance(value, list) else util.arraify(value))
+
+    return empty_
+
+
+def variable_exists(name: str, lookup: Callable[[dict, str], list]) -> Truth:
+    """`%name.exists()` without building the variable's list."""
+
+    def variable_exists_(ctx: dict, data: Any) -> Any:
+        try:
+            value = ctx["vars"][name]
+        except KeyError:
+            return lookup(ctx, name)  # raises its error
+        return bool(value) if isinstance(value, list) else value is not None
+
+    return variable_exists_
+
+
+def variable_empty(name: str, lookup: Callable[[dict, str], list]) -> Truth:
+    """`%name.empty()` likewise."""
+
+    def variable_empty_(ctx: dict, data: Any) -> Any:
+        try:
+            value = ctx["vars"][name]
+        except KeyError:
+            return lookup(ctx, name)
+        return not value if isinstance(value, list) else value is None
+
+    return variable_empty_
+
+
+def negation(truth: Truth) -> Truth:
+    """`X.not()` of a boolean node: not_fn of [b] is [not b], of [] is []."""
+
+    def not_(ctx: dict, data: Any) -> Any:
+        value = truth(ctx, data)
+        return None if value is None else not value
+
+    return not_
+
+
+def logic(op: str, left: Truth, right: Truth) -> Truth:
+    """`and`, `or`, `implies`, `xor` in three-valued logic, as and_op, or_op, implies_op and
+    xor_op answer; the right operand is skipped once the left decides (not when eager)."""
+    if op == "and":
+        def and_(ctx: dict, data: Any) -> Any:
+            ctx["$this"] = data
+            a = left(ctx, data)
+            if a is False and not ctx["eager"]:
+                return False
+            ctx["$this"] = data
+            b = right(ctx, data)
+            if a is False or b is False:
+                return False
+            return None if a is None or b is None else True
+
+        return and_
+    if op == "or":
+        def or_(ctx: dict, data: Any) -> Any:
+            ctx["$this"] = data
+            a = left(ctx, data)
+            if a is True and not ctx["eager"]:
+                return True
+            ctx["$this"] = data
+            b = right(ctx, data)
+            if a is True or b is True:
+                return True
+            return None if a is None or b is None else False
+
+        return or_
+    if op == "implies":
+        def implies_(ctx: dict, data: Any) -> Any:
+            ctx["$this"] = data
+            a = left(ctx, data)
+            if a is False and not ctx["eager"]:
+                return True
+            ctx["$this"] = data
+            b = right(ctx, data)
+            if a is False or b is True:
+                return True
+            return None if a is None or b is None else b
+
+        return implies_
+
+    def xor_(ctx: dict, data: Any) -> Any:
+        ctx["$this"] = data
+        a = left(ctx, data)
+        ctx["$this"] = data
+        b = right(ctx, data)
+        return None if a is None or b is None else a is not b
+
+    return xor_
