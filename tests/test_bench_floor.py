@@ -42,3 +42,22 @@ def test_a_recording_of_another_call_is_refused_not_timed(app):
             chart_open()
         with pytest.raises(SystemExit, match="not the same call|other cards"):
             floor.replay_checked(first_order, found, first_order())
+
+
+def test_every_run_re_evaluates_to_its_value_on_its_environment_and_another_value_is_refused(app):
+    # bench/floor.py --evaluator times the evaluator's own work by running each expression of a
+    # call again on the environment it ran in: that is only the same work if it answers the same
+    with bench_module("floor") as floor, bench_module("workloads") as workloads:
+        call = _call(app, workloads, "b")
+        with floor.recording() as outermost:
+            call()
+        with floor.every_run() as runs:
+            call()
+        assert len(runs) > len(outermost.values)  # the variables' runs inside other runs are there too
+        work = floor.evaluator_work(call, runs, repeats=2, passes=2)
+        assert work["runs"] == len(runs)
+        position = next(i for i, run in enumerate(runs) if run[3])
+        evaluator, expr, env, value = runs[position]
+        runs[position] = (evaluator, expr, env, [*value, "not what it answered"])
+        with pytest.raises(SystemExit, match="another value"):
+            floor.evaluator_work(call, runs, repeats=1, passes=1)
