@@ -119,6 +119,15 @@ def _outcome(state, source: str, env_values: dict, eager: bool):
         return "error", str(exc)
 
 
+def _interpreted(state, source: str, env_values: dict, eager: bool):
+    """_outcome through fhirpathpy's interpreter (no compiled closures)."""
+    previous = fhirpath.set_compiled(False)
+    try:
+        return _outcome(state, source, env_values, eager)
+    finally:
+        fhirpath.set_compiled(previous)
+
+
 @pytest.mark.parametrize("op", ["and", "or", "implies", "xor"])
 def test_boolean_operators_answer_as_fhirpathpy_for_every_operand(state, op):
     """The three-valued closures (fhirpath/_truth.py) against fhirpathpy's interpreter: every
@@ -133,11 +142,7 @@ def test_boolean_operators_answer_as_fhirpathpy_for_every_operand(state, op):
                 if "%undefined" in source and {a_name, b_name} & {"number", "two"}:
                     continue  # two different errors: which one is raised depends on what is skipped
                 values = {"a": a, "b": b, "items": [1, 2, 3]}
-                previous = fhirpath.set_compiled(False)
-                try:
-                    interpreted = _outcome(state, source, values, True)  # fhirpathpy never short-circuits
-                finally:
-                    fhirpath.set_compiled(previous)
+                interpreted = _interpreted(state, source, values, True)  # fhirpathpy never short-circuits
                 eager = _outcome(state, source, values, True)
                 assert eager == interpreted, f"{source} with a={a_name}, b={b_name}, eager"
                 short = _outcome(state, source, values, False)
@@ -175,13 +180,8 @@ def test_unions_answer_as_fhirpathpy(state):
     for source in sources:
         for a, b in cases:
             values = {"a": a, "b": b}
-            compiled = _outcome(state, source, values, False)
-            previous = fhirpath.set_compiled(False)
-            try:
-                interpreted = _outcome(state, source, values, False)
-            finally:
-                fhirpath.set_compiled(previous)
-            assert compiled == interpreted, f"{source} with a={a!r}, b={b!r}"
+            assert _outcome(state, source, values, False) == _interpreted(state, source, values, False), \
+                f"{source} with a={a!r}, b={b!r}"
 
 
 def test_plus_chains_and_iif_answer_as_fhirpathpy(state):
@@ -196,10 +196,5 @@ def test_plus_chains_and_iif_answer_as_fhirpathpy(state):
         for a_name, a in operands.items():
             for b_name, b in operands.items():
                 values = {"a": a, "b": b}
-                compiled = _outcome(state, source, values, False)
-                previous = fhirpath.set_compiled(False)
-                try:
-                    interpreted = _outcome(state, source, values, False)
-                finally:
-                    fhirpath.set_compiled(previous)
-                assert compiled == interpreted, f"{source} with a={a_name}, b={b_name}"
+                assert _outcome(state, source, values, False) == _interpreted(state, source, values, False), \
+                    f"{source} with a={a_name}, b={b_name}"

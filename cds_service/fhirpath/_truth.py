@@ -109,52 +109,34 @@ def negation(truth: Truth) -> Truth:
 
 def logic(op: str, left: Truth, right: Truth) -> Truth:
     """`and`, `or`, `implies`, `xor` in three-valued logic, as and_op, or_op, implies_op and
-    xor_op answer; the right operand is skipped once the left decides (not when eager)."""
-    if op == "and":
-        def and_(ctx: dict, data: Any) -> Any:
+    xor_op answer; the right operand is skipped once the left decides (not when eager).
+
+    `and` and `or` are one closure: the value that decides (false for `and`, true for `or`)
+    wins from either side, else empty wins, else the other value. `A implies B` is
+    `(not A) or B` in the same logic (FHIRPath 6.5's table)."""
+    if op == "xor":
+        def xor_(ctx: dict, data: Any) -> Any:
             ctx["$this"] = data
             a = left(ctx, data)
-            if a is False and not ctx["eager"]:
-                return False
             ctx["$this"] = data
             b = right(ctx, data)
-            if a is False or b is False:
-                return False
-            return None if a is None or b is None else True
+            return None if a is None or b is None else a is not b
 
-        return and_
-    if op == "or":
-        def or_(ctx: dict, data: Any) -> Any:
-            ctx["$this"] = data
-            a = left(ctx, data)
-            if a is True and not ctx["eager"]:
-                return True
-            ctx["$this"] = data
-            b = right(ctx, data)
-            if a is True or b is True:
-                return True
-            return None if a is None or b is None else False
+        return xor_
+    decided = op != "and"
+    negate = op == "implies"
 
-        return or_
-    if op == "implies":
-        def implies_(ctx: dict, data: Any) -> Any:
-            ctx["$this"] = data
-            a = left(ctx, data)
-            if a is False and not ctx["eager"]:
-                return True
-            ctx["$this"] = data
-            b = right(ctx, data)
-            if a is False or b is True:
-                return True
-            return None if a is None or b is None else b
-
-        return implies_
-
-    def xor_(ctx: dict, data: Any) -> Any:
+    def connective(ctx: dict, data: Any) -> Any:
         ctx["$this"] = data
         a = left(ctx, data)
+        if negate and a is not None:
+            a = not a
+        if a is decided and not ctx["eager"]:
+            return decided
         ctx["$this"] = data
         b = right(ctx, data)
-        return None if a is None or b is None else a is not b
+        if a is decided or b is decided:
+            return decided
+        return None if a is None or b is None else not decided
 
-    return xor_
+    return connective
