@@ -3,7 +3,8 @@ compiled once; value sets expanded into indexed lookups; prefetch templates buil
 
 Public API:
     load(directories, base) -> KnowledgeBase   raises KnowledgeError (file, id, element, message)
-    settle(kb=None)                            freeze what is loaded out of the garbage collector
+    settle(kb=None)                            freeze what is loaded out of the garbage collector,
+                                               and raise its young threshold to YOUNG_THRESHOLD
     KnowledgeBase    .services, .plans, .terminology, .fingerprint, .files, .service_for(...)
     KINDS            the resource types a knowledge directory may hold
     Plan, Service, CardAction, Citation, SuggestionAction, ActivityDefinition, Condition, Variable,
@@ -35,7 +36,7 @@ from cds_service.knowledge._catalogue import (
     terminology_status,
 )
 from cds_service.knowledge._golive import EXT_GO_LIVE, GateItem, GateStatus, gate_status, gate_text
-from cds_service.knowledge._load import KINDS, KnowledgeBase, load, settle
+from cds_service.knowledge._load import KINDS, YOUNG_THRESHOLD, KnowledgeBase, load, settle
 from cds_service.knowledge._model import (
     INDICATOR,
     INDICATOR_RANK,
@@ -78,6 +79,6 @@ __all__ = [
     "DataRequirement", "DateFilter", "ExpandedValueSet", "KnowledgeBase", "Plan", "Service", "SuggestionAction",
     "TemplateError", "Terminology", "Variable", "build_template", "catalogue_html", "catalogue_markdown",
     "catalogue_table_html", "check_template", "counts", "element_path_segments", "entries", "load", "ndc_product", "path_problem", "readme_is_fresh",
-    "render_readme", "resolve_template", "settle", "terminology_check_text", "terminology_markdown",
+    "render_readme", "resolve_template", "settle", "YOUNG_THRESHOLD", "terminology_check_text", "terminology_markdown",
     "terminology_status",
 ]

@@ -65,6 +65,13 @@ class KnowledgeBase:
 
 
 _settled: list[weakref.ref] = []  # the knowledge base frozen last
+# Young-generation threshold of a settled process (CPython's default is 700). A call keeps
+# its working set alive until it answers (nodes, lists, environments: 700-2,000 container
+# objects at 300 resources, 2,000-5,000 at 10,000), so at 700 the collector ran about once per
+# call at 300 and four times at 10,000, each time walking objects that refcounting frees a
+# moment later (3-4% of a call, docs/operations.md). At 10,000 no in-process call of
+# bench/workloads.py collects; a request body's parse still may (its objects live longer).
+YOUNG_THRESHOLD = 10_000
 
 
 def settle(kb: KnowledgeBase | None = None) -> None:
@@ -75,8 +82,13 @@ def settle(kb: KnowledgeBase | None = None) -> None:
     prefetch allocates enough to trigger full collections, which would walk it every time
     (tail latency). Frozen objects are not scanned, and after a fork their pages stay
     shared between workers. After a reload the old knowledge is released first. Settling
-    the knowledge base that was settled last does nothing.
+    the knowledge base that was settled last does nothing. The young generation's threshold
+    is raised to YOUNG_THRESHOLD, so that a call's own working set does not trigger a
+    collection (cyclic garbage is still collected, at most that many allocations later).
     """
+    young, older, oldest = gc.get_threshold()
+    if 0 < young < YOUNG_THRESHOLD:  # 0: collection switched off, left so
+        gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
     if kb is not None and _settled and _settled[0]() is kb:
         return  # already frozen: another app (a test's, say) over the same knowledge
     gc.unfreeze()
