@@ -198,3 +198,35 @@ def test_plus_chains_and_iif_answer_as_fhirpathpy(state):
                 values = {"a": a, "b": b}
                 assert _outcome(state, source, values, False) == _interpreted(state, source, values, False), \
                     f"{source} with a={a_name}, b={b_name}"
+
+
+def test_boolean_user_functions_answer_as_fhirpathpy_where_a_boolean_is_consumed(state):
+    """`X.memberOf('url')` and `X.convertsToUnit('unit')` fused as three-valued closures
+    (_truth.plain_boolean) inside and/or, where() and iif(): the same answers and errors as
+    fhirpathpy's interpreter, for inputs in the value set, outside it, without a code, empty,
+    several, and not codes at all."""
+    rxnorm, vs = "http://www.nlm.nih.gov/research/umls/rxnorm", "https://myeloma-cds.example.org/fhir/ValueSet/teclistamab"
+    teclistamab = {"coding": [{"system": rxnorm, "code": "2619432"}]}
+    other = {"coding": [{"system": rxnorm, "code": "1"}]}
+    text_only = {"text": "teclistamab"}
+    order = {"resourceType": "MedicationRequest", "id": "m", "medicationCodeableConcept": teclistamab}
+    operands = {"in": [teclistamab], "out": [other], "no code": [text_only], "empty": [], "several": [other, teclistamab],
+                "order": [order], "string": ["2619432"], "quantity": [{"value": 2, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}],
+                "number": [3]}
+    sources = (f"%a.memberOf('{vs}') or %b.memberOf('{vs}')", f"%a.memberOf('{vs}') and %b.exists()",
+               f"%b.where(medicationCodeableConcept.memberOf('{vs}') or code.memberOf('{vs}')).count()",
+               f"iif(%a.memberOf('{vs}'), 'in', 'not in')", f"%a.memberOf('{vs}').not() implies %b.empty()",
+               f"%a.where($this.memberOf('{vs}')).count()", f"%a.memberOf('{vs}')",
+               "%a.convertsToUnit('g') or %b.convertsToUnit('mg')", "iif(%a.convertsToUnit('mg'), 'mass', 'other')",
+               "%a.memberOf('https://example.org/no-such-value-set') or true")
+    for source in sources:
+        for a_name, a in operands.items():
+            for b_name, b in operands.items():
+                values = {"a": a, "b": b}
+                for eager in (True, False):
+                    expected = _interpreted(state, source, values, True)
+                    got = _outcome(state, source, values, eager)
+                    if eager or expected[0] == "ok":
+                        assert got == expected, f"{source} with a={a_name}, b={b_name}, eager={eager}"
+                    else:  # short-circuited: skipping the failing operand may answer
+                        assert got[0] == "ok" or got == expected, f"{source} with a={a_name}, b={b_name}"

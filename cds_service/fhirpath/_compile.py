@@ -77,6 +77,12 @@ def _is_string_literal(node: dict) -> bool:
     return node["type"] == "StringLiteral"
 
 
+def _arguments(functn: dict) -> list[dict]:
+    """The argument nodes of a Functn node (its ParamList's children)."""
+    param_list = next((c for c in functn["children"][1:] if c.get("type") == "ParamList"), None)
+    return (param_list.get("children") if param_list else None) or []
+
+
 def _nullable(value: Any) -> bool:
     """fhirpathpy's util.is_nullable."""
     return value is None or (isinstance(value, list) and not value)
@@ -223,9 +229,12 @@ class _Compiler:
         return found if found is not None else _truth.typed(self.node(node))
 
     def _boolean_call(self, target: dict, call: dict) -> _truth.Truth | None:
-        """`X.exists()`, `X.empty()` (fused with X when X is `%name`) and `X.not()`."""
-        if call["type"] != "FunctionInvocation" or len(call["children"][0]["children"]) != 1:
-            return None  # not a call, or a call with arguments
+        """`X.exists()`, `X.empty()` (fused with X when X is `%name`), `X.not()`, and
+        `X.memberOf('url')`-like calls of a PLAIN_BOOLEAN user function."""
+        if call["type"] != "FunctionInvocation":
+            return None
+        if len(call["children"][0]["children"]) != 1:
+            return self._plain_boolean(target, call["children"][0])
         name = evaluators["Identifier"]({}, [], call["children"][0]["children"][0])[0]
         fn = (self.registry.get(name) or {}).get("fn")
         if fn is None or fn is not _BOOLEAN_CALLS.get(name):
@@ -238,6 +247,17 @@ class _Compiler:
             return (_truth.variable_exists if name == "exists" else _truth.variable_empty)(variable, _lookup)
         return (_truth.exists if name == "exists" else _truth.empty)(self.node(target))
 
+    def _plain_boolean(self, target: dict, functn: dict) -> _truth.Truth | None:
+        """A user function marked PLAIN_BOOLEAN, called with one string literal."""
+        name = evaluators["Identifier"]({}, [], functn["children"][0])[0]
+        invocation = self.registry.get(name) or {}
+        fn = invocation.get(_truth.PLAIN_BOOLEAN)
+        raw = _arguments(functn)
+        if fn is None or len(raw) != 1 or invocation.get("arity", {}).get(1) != ["String"] \
+                or not _is_string_literal(raw[0]):
+            return None
+        return _truth.plain_boolean(self.node(target), fn, check_string_param(self.node(raw[0])({}, [])[0]))
+
     def _plain_plus(self) -> bool:
         """Whether `+` is fhirpathpy's (an `Any`, `Any` operator, empty when either side is)."""
         invocation = self.registry.get("+") or {}
@@ -249,8 +269,7 @@ class _Compiler:
     def _function(self, node: dict) -> Compiled:
         functn = node["children"][0]
         name = evaluators["Identifier"]({}, [], functn["children"][0])[0]
-        param_list = next((c for c in functn["children"][1:] if c.get("type") == "ParamList"), None)
-        raw = (param_list.get("children") if param_list else None) or []
+        raw = _arguments(functn)
         invocation = self.registry.get(name)
         if invocation is None:
             return lambda ctx, data: do_eval(ctx, data, node)  # raises "Not implemented" as fhirpathpy does
@@ -510,7 +529,7 @@ def _member(node: dict) -> Compiled:
         out: list = []
         for res in data:
             if type(res) is not ResourceNode and not isinstance(res, ResourceNode):
-                res = ResourceNode(res, None)
+                res = _fused.node(res, None, None)
             found = paths.get((model_id, res.path))
             if found is None:
                 found = paths[(model_id, res.path)] = _child_paths(model, res.path, key)

@@ -50,6 +50,7 @@ from cds_service.fhirpath import _units as units
 from cds_service.fhirpath._compile import compile_ast
 from cds_service.fhirpath._protocols import TerminologyLike, ValueSetLike
 from cds_service.fhirpath._resources import codings, parse_date
+from cds_service.fhirpath._truth import PLAIN_BOOLEAN
 from cds_service.fhirpath._unit_map import quantity_unit, unit_display
 
 R4 = models["r4"]
@@ -332,6 +333,9 @@ _FUNCTIONS = {
     "today": {"fn": _today},
     "timeOfDay": {"fn": _time_of_day},
 }
+# They answer True, False or [] from plain values: fused where a boolean is consumed (_truth.py).
+_FUNCTIONS["memberOf"][PLAIN_BOOLEAN] = _member_of
+_FUNCTIONS["convertsToUnit"][PLAIN_BOOLEAN] = _converts_to_unit
 
 
 fhirpath_speedups.install()

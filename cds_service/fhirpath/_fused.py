@@ -123,7 +123,7 @@ FAST_OPERATORS: dict[Callable, Callable] = {combining.union_op: union, math.plus
 _new_object = object.__new__
 
 
-def node(data: Any, path: str, index: int | None) -> ResourceNode:
+def node(data: Any, path: str | None, index: int | None) -> ResourceNode:
     """ResourceNode(data, path, index=index), without its Mapping ABC check for a plain
     dict or string (a member access makes one node per child: the commonest allocation)."""
     made = _new_object(ResourceNode)

@@ -20,9 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from fhirpathpy.engine import check_boolean_param, util
+from fhirpathpy.engine.util import get_data
 
 Truth = Callable[[dict, Any], Any]  # (ctx, data) -> True, False or None (the empty collection)
 Compiled = Callable[[dict, Any], Any]
+# The registry key of a user function that answers True, False or [] from its input's plain
+# values and literal arguments (memberOf, convertsToUnit): `X.f('literal')` is then fused.
+PLAIN_BOOLEAN = "plainBoolean"
 
 
 def as_list(truth: Truth) -> Compiled:
@@ -95,6 +99,21 @@ def variable_empty(name: str, lookup: Callable[[dict, str], list]) -> Truth:
         return not value if isinstance(value, list) else value is None
 
     return variable_empty_
+
+
+def plain_boolean(target: Compiled, fn: Callable[..., Any], argument: str) -> Truth:
+    """`X.f('literal')` of a PLAIN_BOOLEAN user function: what the compiled call does (X, then
+    fhirpathpy's user-function wrapper, which hands `fn` the plain values), without the
+    parameter closure, the wrapper and the lists. The literal parameter's only side effect,
+    setting `$this` to itself when present, is nothing here: a three-valued closure runs
+    under a logic operator, where() or iif(), and each has set `$this` before."""
+
+    def call_(ctx: dict, data: Any) -> Any:
+        items = target(ctx, data)
+        value = fn([get_data(item) for item in items], argument)
+        return value if value is True or value is False else None
+
+    return call_
 
 
 def negation(truth: Truth) -> Truth:
