@@ -13,10 +13,11 @@ still evaluates; tests/test_fhirpath_speedups.py runs every scenario with and wi
 compilation and requires identical results.
 
 Some shapes are fused into one closure, because they are most of what our rules evaluate:
-a node that can only be a boolean or empty (and/or/implies/xor, exists(), empty(), not())
-is a three-valued closure (fhirpath/_truth.py) wherever a logic operator, where() or
-iif() consumes it; a chain `a + b + c` (the card texts) is folded in one closure; `{}`,
-quantity literals and `contains`/`in` no longer go through do_eval. Each keeps the nested
+a node that can only be a boolean or empty (and/or/implies/xor, exists(), empty(), not(),
+memberOf() and convertsToUnit() of a literal) is a three-valued closure (fhirpath/_truth.py)
+wherever a logic operator, where() or iif() consumes it; a chain `a + b + c` (the card
+texts) is folded in one closure; `{}`, quantity literals and `contains`/`in` no longer go
+through do_eval. Each keeps the nested
 closures' order of evaluation, `$this` writes and errors (the truth-table tests in
 tests/test_fhirpath_speedups.py compare them with fhirpathpy operand by operand).
 

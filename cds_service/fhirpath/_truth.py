@@ -1,9 +1,9 @@
 """Boolean nodes compiled to three-valued closures: `fn(ctx, data) -> True | False | None`.
 
-Most of our conditions are and/or chains of `%x.exists()`, `%y.empty()` and `.not()`. As
-list closures (fhirpath/_compile.py) every step builds a one-item list, every operand is
-typed again (make_param's Boolean check) and every operator goes through fhirpathpy's
-and_op/or_op. A node that can only be a boolean or empty is compiled here instead to a
+Most of our conditions are and/or chains of `%x.exists()`, `%y.empty()`, `.not()` and
+`code.memberOf('...')`. As list closures (fhirpath/_compile.py) every step builds a one-item
+list, every operand is typed again (make_param's Boolean check) and every operator goes
+through fhirpathpy's and_op/or_op (and a user function through its wrapper). A node that can only be a boolean or empty is compiled here instead to a
 closure that answers True, False or None (empty), and the logic operators combine those
 directly; only the outermost boolean node builds its list. An operand that may be
 anything else (a variable holding a boolean, a comparison) is typed exactly as make_param
