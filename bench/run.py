@@ -19,6 +19,7 @@ Results are also written to bench/results/latest.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -104,6 +106,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def instrumented_server(conf: str, env: dict[str, str], stderr_path: Path) -> Iterator[str]:
+    """gunicorn with the bench settings module `conf` (bench/_*_conf.py: the production
+    settings plus accounting) on a free loopback port; yields its base URL once /ready
+    answers, and stops it (its workers then write their accounting) on leaving."""
+    port = free_port()
+    env = dict(os.environ, MM_CDS_LOG_LEVEL="WARNING", MM_CDS_DATA_DIR=tempfile.mkdtemp(prefix="mm-bench-"),
+               MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES="all", MM_CDS_PORT=str(port),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "bench"), str(ROOT)]), **env)
+    env.setdefault("MM_CDS_SERVICE_SECRET", "bench-secret-0123456789abcdef")
+    with open(stderr_path, "wb") as err:
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", f"python:{conf}", "cds_service.wsgi:app"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start: " + stderr_path.read_text()[-2000:])
+            try:
+                if requests.get(base + "/ready", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 class ProductionServer:

@@ -16,19 +16,15 @@ import collections
 import glob
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import concurrent_wrk, free_port, sequential  # noqa: E402
+from run import concurrent_wrk, instrumented_server, sequential  # noqa: E402
 from workloads import request  # noqa: E402
 
 from cds_service import config, knowledge  # noqa: E402
@@ -44,33 +40,13 @@ def main() -> None:
     settings = config.load()
     kb = knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
     service, body, _ = request("a", 300, kb.services.values())
-    out, port = tempfile.mkdtemp(prefix="mm-bench-profile-"), free_port()
-    env = dict(os.environ, MM_CDS_LOG_LEVEL="WARNING", MM_CDS_DATA_DIR=tempfile.mkdtemp(prefix="mm-bench-"),
-               MM_CDS_ACCEPT_UNVERIFIED_TREATMENT_CODES="all", MM_CDS_PORT=str(port), MM_BENCH_PROFILE_DIR=out,
-               MM_CDS_WORKERS=str(args.workers), MM_CDS_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "bench"), str(ROOT)]))
-    env.setdefault("MM_CDS_SERVICE_SECRET", "bench-secret-0123456789abcdef")
-    with open(Path(out) / "stderr", "wb") as err:
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:_server_profile_conf",
-                                   "cds_service.wsgi:app"], env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the server did not start: " + (Path(out) / "stderr").read_text()[-2000:])
-        try:
-            if requests.get(base + "/ready", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    url = f"{base}/cds-services/{service.id}"
-    started_load = os.getloadavg()[0]
-    try:
+    out = tempfile.mkdtemp(prefix="mm-bench-profile-")
+    env = {"MM_BENCH_PROFILE_DIR": out, "MM_CDS_WORKERS": str(args.workers), "MM_CDS_THREADS": str(args.threads)}
+    with instrumented_server("_server_profile_conf", env, Path(out) / "stderr") as base:
+        url = f"{base}/cds-services/{service.id}"
+        started_load = os.getloadavg()[0]
         result = concurrent_wrk(url, body, args.clients, args.seconds) if args.clients > 1 \
             else sequential(url, body, 100 * args.seconds)
-    finally:
-        server.terminate()
-        server.wait(30)
     spent: collections.Counter[str] = collections.Counter()
     for path in glob.glob(f"{out}/acct-*.json"):
         spent.update(json.loads(Path(path).read_text()))
