@@ -17,9 +17,9 @@ a node that can only be a boolean or empty (and/or/implies/xor, exists(), empty(
 memberOf() and convertsToUnit() of a literal) is a three-valued closure (fhirpath/_truth.py)
 wherever a logic operator, where() or iif() consumes it; a chain `a + b + c` (the card
 texts) is folded in one closure; `{}`, quantity literals and `contains`/`in` no longer go
-through do_eval. Each keeps the nested
-closures' order of evaluation, `$this` writes and errors (the truth-table tests in
-tests/test_fhirpath_speedups.py compare them with fhirpathpy operand by operand).
+through do_eval. Each keeps the nested closures' order of evaluation, `$this` writes and
+errors (the truth-table tests in tests/test_fhirpath_speedups.py compare them with
+fhirpathpy operand by operand).
 
 One deliberate difference: a member access does not fill ResourceNode.propName (the
 "Patient.name[0]" path string). fhirpathpy only ever reads it to build the propName of

@@ -3,13 +3,14 @@
 Most of our conditions are and/or chains of `%x.exists()`, `%y.empty()`, `.not()` and
 `code.memberOf('...')`. As list closures (fhirpath/_compile.py) every step builds a one-item
 list, every operand is typed again (make_param's Boolean check) and every operator goes
-through fhirpathpy's and_op/or_op (and a user function through its wrapper). A node that can only be a boolean or empty is compiled here instead to a
-closure that answers True, False or None (empty), and the logic operators combine those
-directly; only the outermost boolean node builds its list. An operand that may be
-anything else (a variable holding a boolean, a comparison) is typed exactly as make_param
-types it, with the same errors. The same short-circuit rules as the list closures apply
-(FHIRPath 6.5: `false and X`, `true or X`, `false implies X`), and the same `$this`
-writes, so functions evaluated later in the expression see the context they saw before.
+through fhirpathpy's and_op/or_op (and a user function through its wrapper). A node that
+can only be a boolean or empty is compiled here instead to a closure that answers True,
+False or None (empty), and the logic operators combine those directly; only the outermost
+boolean node builds its list. An operand that may be anything else (a variable holding a
+boolean, a comparison) is typed exactly as make_param types it, with the same errors. The
+same short-circuit rules as the list closures apply (FHIRPath 6.5: `false and X`, `true or
+X`, `false implies X`), and the same `$this` writes, so functions evaluated later in the
+expression see the context they saw before.
 tests/test_fhirpath_speedups.py compares every scenario with fhirpathpy's interpreter.
 """
 
@@ -104,9 +105,10 @@ def variable_empty(name: str, lookup: Callable[[dict, str], list]) -> Truth:
 def plain_boolean(target: Compiled, fn: Callable[..., Any], argument: str) -> Truth:
     """`X.f('literal')` of a PLAIN_BOOLEAN user function: what the compiled call does (X, then
     fhirpathpy's user-function wrapper, which hands `fn` the plain values), without the
-    parameter closure, the wrapper and the lists. The literal parameter's only side effect,
-    setting `$this` to itself when present, is nothing here: a three-valued closure runs
-    under a logic operator, where() or iif(), and each has set `$this` before."""
+    parameter closure, the wrapper and the lists. The literal parameter's only side effect
+    sets `$this` to its own value (to the root when it is absent), which changes nothing
+    here: a three-valued closure runs under a logic operator, where() or iif(), and each of
+    them has set `$this` before."""
 
     def call_(ctx: dict, data: Any) -> Any:
         items = target(ctx, data)
