@@ -202,7 +202,7 @@ def concurrent_wrk(url: str, body: dict, clients: int, seconds: int) -> dict:
         body_file, script = Path(tmp) / "body.json", Path(tmp) / "post.lua"
         body_file.write_text(json.dumps(body))
         script.write_text(WRK_SCRIPT)
-        done = subprocess.run(["wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds}s", "--timeout", "10s",
+        done = subprocess.run(["wrk", "-t", str(min(2, clients)), "-c", str(clients), "-d", f"{seconds}s", "--timeout", "10s",
                                "-s", str(script), url], capture_output=True, text=True,
                               env=dict(os.environ, MM_BENCH_BODY=str(body_file)))
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
