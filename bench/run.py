@@ -45,7 +45,7 @@ from memory import pss_line, rss_mb, server_pss  # noqa: E402
 from reference import machine, reference_now  # noqa: E402
 from synthetic import make_patient, order_sign_context, patient_view_context  # noqa: E402
 
-from cds_service import create_app  # noqa: E402
+from cds_service import config, create_app, knowledge  # noqa: E402
 from cds_service.service import call as call_hook  # noqa: E402
 from tests.support.ehr import build_prefetch  # noqa: E402
 from tests.support.fhir_server import FhirStore  # noqa: E402
@@ -106,6 +106,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def configured_knowledge() -> knowledge.KnowledgeBase:
+    """The knowledge as the server started from the same environment loads it."""
+    settings = config.load()
+    return knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
 
 
 @contextlib.contextmanager

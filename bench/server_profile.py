@@ -24,10 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import concurrent_wrk, instrumented_server, sequential  # noqa: E402
+from run import concurrent_wrk, configured_knowledge, instrumented_server, sequential  # noqa: E402
 from workloads import request  # noqa: E402
-
-from cds_service import config, knowledge  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +35,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
-    settings = config.load()
-    kb = knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
-    service, body, _ = request("a", 300, kb.services.values())
+    service, body, _ = request("a", 300, configured_knowledge().services.values())
     out = tempfile.mkdtemp(prefix="mm-bench-profile-")
     env = {"MM_BENCH_PROFILE_DIR": out, "MM_CDS_WORKERS": str(args.workers), "MM_CDS_THREADS": str(args.threads)}
     with instrumented_server("_server_profile_conf", env, Path(out) / "stderr") as base:

@@ -26,10 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import instrumented_server, percentile, sequential  # noqa: E402
+from run import configured_knowledge, instrumented_server, percentile, sequential  # noqa: E402
 from workloads import request  # noqa: E402
-
-from cds_service import config, knowledge  # noqa: E402
 
 Event = tuple[str, float, float, float]  # (request | commit, start, end, thread CPU seconds)
 
@@ -83,9 +81,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--slow-ms", type=float, default=2.0)
     args = parser.parse_args()
-    settings = config.load()
-    kb = knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
-    service, body, _ = request("a", 300, kb.services.values())
+    service, body, _ = request("a", 300, configured_knowledge().services.values())
     for label, no_writer in (("as configured", False), ("commits replaced by a no-op", True)):
         client, workers = measured(service.id, body, args.requests, no_writer)
         report(label, client, workers, args.slow_ms)

@@ -10,30 +10,25 @@ raises the threshold; these tests count the collections that happen during calls
 from __future__ import annotations
 
 import gc
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from cds_service import knowledge, service
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("bench_workloads_gc", ROOT / "bench" / "workloads.py")
-assert _spec and _spec.loader
-workloads = sys.modules["bench_workloads_gc"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(workloads)
+from .support.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def app_state(kb):
+    """(kb, app state, bench/workloads.py) with the app created as in a fresh interpreter."""
     from cds_service.web import create_app, state_of
 
     previous = gc.get_threshold()
     gc.set_threshold(700, *previous[1:])  # as a fresh interpreter starts
-    app = create_app({}, kb=kb, clock=lambda: workloads.NOW)
-    state = state_of(app)
-    yield kb, state
+    with bench_module("workloads") as workloads:
+        app = create_app({}, kb=kb, clock=lambda: workloads.NOW)
+        state = state_of(app)
+        yield kb, state, workloads
     state.feedback.close()
     gc.set_threshold(*previous)
 
@@ -67,7 +62,7 @@ def test_settle_raises_the_young_threshold_and_leaves_a_disabled_collector_alone
 
 @pytest.mark.parametrize("size", [300, 10_000])
 def test_busy_calls_collect_nothing_after_warm_up(app_state, size):
-    kb, state = app_state
+    kb, state, workloads = app_state
     svc, body, _facts = workloads.request("a", size, kb.services.values())
 
     def calls(n: int) -> list:

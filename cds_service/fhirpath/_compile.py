@@ -182,7 +182,7 @@ class _Compiler:
         check = param_check_table.get(name)
         if check is check_string_param and node["type"] == "TermExpression" and _is_string_literal(node):
             # a literal string argument (memberOf('...'), toUnit('mg')): typed once, here
-            text = check_string_param(compiled({}, [])[0])
+            text = self._literal_text(node)
 
             def literal(ctx: dict, parent: Any) -> Any:
                 ctx["$this"] = parent
@@ -257,7 +257,11 @@ class _Compiler:
         if fn is None or len(raw) != 1 or invocation.get("arity", {}).get(1) != ["String"] \
                 or not _is_string_literal(raw[0]):
             return None
-        return _truth.plain_boolean(self.node(target), fn, check_string_param(self.node(raw[0])({}, [])[0]))
+        return _truth.plain_boolean(self.node(target), fn, self._literal_text(raw[0]))
+
+    def _literal_text(self, node: dict) -> str:
+        """A string literal argument's value, typed as fhirpathpy's String parameter types it."""
+        return check_string_param(self.node(node)({}, [])[0])
 
     def _plain_plus(self) -> bool:
         """Whether `+` is fhirpathpy's (an `Any`, `Any` operator, empty when either side is)."""
