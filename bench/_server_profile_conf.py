@@ -1,6 +1,7 @@
 """gunicorn settings for bench/server_profile.py: the production ones (cds_service.gunicorn_conf)
 plus per-thread CPU accounting of the pieces of a request, written by each worker at exit to
-$MM_BENCH_PROFILE_DIR/acct-<pid>.json. Bench only: it wraps private functions by name."""
+$MM_BENCH_PROFILE_DIR/acct-<pid>.json, and by its feedback writer's child process
+(feedback/_process.py) to acct-<worker pid>-writer.json. Bench only: it wraps private functions by name."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import threading
 import time
 from typing import Any
+
+from _writer_child import at_writer_child_close, cpu_of_this_process
 
 from cds_service import gunicorn_conf as _base
 from cds_service.gunicorn_conf import *  # noqa: F403  (every production setting and hook)
@@ -32,10 +35,20 @@ def _timed(name: str, fn: Any) -> Any:
     return wrapper
 
 
-def post_fork(server, worker) -> None:  # noqa: F811 (the production hook, then the wrappers)
+def _dump(name: str, process: str) -> None:
+    _spent[process] = cpu_of_this_process()
+    with open(os.path.join(_OUT, f"acct-{name}.json"), "w") as fh:
+        json.dump(_spent, fh)
+
+
+def post_fork(server, worker) -> None:  # noqa: F811 (the wrappers, then the production hook)
+    import cds_service.feedback._writer as writer
+
+    # before the fork of the writer's child, which inherits these two
+    writer.Writer._commit = _timed("issued-card rows written (writer process's thread)", writer.Writer._commit)
+    at_writer_child_close(lambda pid: _dump(f"{pid}-writer", "feedback writer process, all threads"))
     _base.post_fork(server, worker)
     import cds_service.feedback._lookup as lookup
-    import cds_service.feedback._writer as writer
     import cds_service.ops._logs as logs
     import cds_service.web._hooks as hooks
 
@@ -44,7 +57,6 @@ def post_fork(server, worker) -> None:  # noqa: F811 (the production hook, then 
     hooks.call_keys = _timed("keyed hashes of the call", hooks.call_keys)
     hooks.jsonio.response = _timed("response serialised", hooks.jsonio.response)
     lookup.History._query = _timed("suppression look-up (its thread)", lookup.History._query)
-    writer.Writer._commit = _timed("issued-card rows written (writer thread)", writer.Writer._commit)
     logs.JsonFormatter.format = _timed("log lines formatted", logs.JsonFormatter.format)
     worker.handle = _timed("gunicorn handle (whole request)", worker.handle)
 
@@ -55,7 +67,4 @@ def post_worker_init(worker) -> None:
 
 def worker_exit(server, worker) -> None:  # noqa: F811
     _base.worker_exit(server, worker)
-    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-    _spent["worker process, all threads"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    with open(os.path.join(_OUT, f"acct-{os.getpid()}.json"), "w") as fh:
-        json.dump(_spent, fh)
+    _dump(str(os.getpid()), "worker process, all threads")

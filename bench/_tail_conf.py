@@ -1,7 +1,8 @@
 """gunicorn settings for bench/tail.py: the production ones (cds_service.gunicorn_conf) plus,
-in each worker, the wall-clock span and thread CPU of every request (gunicorn's handle) and
-of every feedback-writer commit, written at the worker's exit to
-$MM_BENCH_TAIL_DIR/events-<pid>.json. With MM_BENCH_NO_WRITER=1 a commit writes nothing (its
+in each worker, the wall-clock span and thread CPU of every request (gunicorn's handle),
+written at the worker's exit to $MM_BENCH_TAIL_DIR/events-<pid>.json, and of every commit
+of its feedback writer, written by the writer's child process (feedback/_process.py) to
+events-<worker pid>-writer.json. With MM_BENCH_NO_WRITER=1 a commit writes nothing (its
 rows are dropped, its waiters released): the same server without the database's work.
 Bench only: it wraps private functions by name."""
 
@@ -12,6 +13,8 @@ import os
 import threading
 import time
 from typing import Any
+
+from _writer_child import at_writer_child_close
 
 from cds_service import gunicorn_conf as _base
 from cds_service.gunicorn_conf import *  # noqa: F403  (every production setting and hook)
@@ -37,16 +40,21 @@ def _no_commit(self: Any, batch: list) -> None:
         job.done.set()
 
 
-def post_fork(server, worker) -> None:  # noqa: F811 (the production hook, then the wrappers)
-    _base.post_fork(server, worker)
+def _dump(name: str) -> None:
+    with open(os.path.join(_OUT, f"events-{name}.json"), "w") as fh:
+        json.dump(_events, fh)
+
+
+def post_fork(server, worker) -> None:  # noqa: F811 (the wrappers, then the production hook)
     import cds_service.feedback._writer as writer
 
     commit = _no_commit if os.environ.get("MM_BENCH_NO_WRITER") == "1" else writer.Writer._commit
-    writer.Writer._commit = _spanned("commit", commit)
+    writer.Writer._commit = _spanned("commit", commit)  # before the fork: the writer's child has it
+    at_writer_child_close(lambda pid: _dump(f"{pid}-writer"))
+    _base.post_fork(server, worker)
     worker.handle = _spanned("request", worker.handle)
 
 
 def worker_exit(server, worker) -> None:  # noqa: F811
     _base.worker_exit(server, worker)
-    with open(os.path.join(_OUT, f"events-{os.getpid()}.json"), "w") as fh:
-        json.dump(_events, fh)
+    _dump(str(os.getpid()))

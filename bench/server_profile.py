@@ -5,8 +5,10 @@
 Starts the production server (cds_service/gunicorn_conf.py, through bench/_server_profile_conf.py,
 which adds per-thread CPU accounting: time.thread_time around each piece), drives workload (a)
 at 300 resources with wrk (a Python client with --clients 1), and prints the CPU of each piece
-per request: what is not `service.call()` is the server layer. Thread CPU, so the load of the
-machine counts less than in wall-clock numbers; the load average is printed anyway.
+per request: what is not `service.call()` is the server layer. The feedback writer's commits
+run in a child process of each worker (cds_service/feedback/_process.py), counted apart.
+Thread CPU, so the load of the machine counts less than in wall-clock numbers; the load
+average is printed anyway.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def main() -> None:
         print(f"  {spent[name] / n * 1000:8.3f}  {name}")
     layer = (spent["worker process, all threads"] - spent["service.call()"]) / n * 1000
     print(f"\n  server layer (worker process minus service.call()): {layer:.3f} ms")
+    both = spent["worker process, all threads"] + spent["feedback writer process, all threads"]
+    print(f"  a request's CPU, the workers and their feedback writer processes: {both / n * 1000:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@
 Sends workload (a) at 300 resources in sequence (the Python client of bench/run.py) to the
 production server (through bench/_tail_conf.py), twice: as configured, then with the
 feedback writer's commits replaced by a no-op. Each worker records the span of every
-request it handles and of every commit its writer makes, and the script prints: the
+request it handles, its writer (a child process) every commit it makes, and the script prints: the
 client's median and p95, the workers' own request time, the commits' CPU and wall time,
 and the requests more than --slow-ms over the workers' median, by what overlapped them: a
-commit in their own worker, in another worker, or none (`overlaps`). The workers' counts
+commit of their own worker's writer, of another worker's, or none (`overlaps`). The workers' counts
 include the client's 20 warm-up requests and the readiness checks.
 """
 
@@ -57,9 +57,10 @@ def measured(service_id: str, body: dict, requests: int, no_writer: bool) -> tup
     env = {"MM_BENCH_TAIL_DIR": out, "MM_BENCH_NO_WRITER": "1" if no_writer else "0"}
     with instrumented_server("_tail_conf", env, Path(out) / "stderr") as base:
         client = sequential(f"{base}/cds-services/{service_id}", body, requests)
-    workers = {Path(p).stem: [tuple(e) for e in json.loads(Path(p).read_text())]
-               for p in glob.glob(f"{out}/events-*.json")}
-    return client, workers  # type: ignore[return-value]
+    workers: dict[str, list[Event]] = {}
+    for path in glob.glob(f"{out}/events-*.json"):  # events-<worker pid>[-writer]: its writer's child with it
+        workers.setdefault(Path(path).stem.split("-")[1], []).extend(tuple(e) for e in json.loads(Path(path).read_text()))
+    return client, workers
 
 
 def report(label: str, client: dict, workers: dict[str, list[Event]], slow_ms: float) -> None:

@@ -29,8 +29,9 @@ Logs: gunicorn's own lines go through the service's JSON formatter; the access l
 off because the service logs one JSON line per request itself (status, latency,
 service, codes; never patient data).
 
-Feedback: the writer (a thread and a database connection) is opened in each worker, after
-the fork; the master's is closed before it (pre_fork, post_fork, worker_exit below).
+Feedback: the writer (a thread and a database connection) is opened in a child process of
+each worker, after the fork, so its commits never hold the worker's interpreter lock; the
+master's is closed before it (pre_fork, post_fork, worker_exit below; feedback/_process.py).
 
 Metrics: prometheus_client multiprocess mode. PROMETHEUS_MULTIPROC_DIR must be set before
 prometheus_client is first imported, so it is set here, before cds_service is imported:
@@ -94,7 +95,7 @@ from prometheus_client import multiprocess as _multiprocess  # noqa: E402
 
 from cds_service import config as _config  # noqa: E402
 from cds_service import web as _web  # noqa: E402  # the composition root: this file builds the server
-from cds_service.feedback import open_writer as _open_writer  # noqa: E402
+from cds_service.feedback import open_worker_writer as _open_worker_writer  # noqa: E402
 from cds_service.ops import JsonFormatter as _JsonFormatter  # noqa: E402
 
 _settings = _config.load()
@@ -161,8 +162,10 @@ def pre_fork(server, worker) -> None:
 def post_fork(server, worker) -> None:
     state = _state(server)
     # The master migrated the schema before forking; a worker does not need the database to
-    # boot (a respawn during an outage must not fail, which would make gunicorn halt).
-    state.feedback = _open_writer(state.settings, migrate=False)
+    # boot (a respawn during an outage must not fail, which would make gunicorn halt). The
+    # writer runs in a child of the worker (feedback/_process.py), forked here, before the
+    # worker's threads start; the child closes the listening sockets it would inherit.
+    state.feedback = _open_worker_writer(state.settings, [s.fileno() for s in worker.sockets])
 
 
 def worker_exit(server, worker) -> None:

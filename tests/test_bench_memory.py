@@ -26,22 +26,29 @@ def test_a_page_shared_after_fork_counts_once_in_pss_and_twice_in_rss(memory) ->
     child = os.fork()
     if child == 0:  # the forked "worker": maps the same pages, writes none of them
         os.close(read)
+        if os.fork() == 0:  # and its own child, as a worker's feedback writer
+            signal.pause()
+            os._exit(0)
         os.write(write, b"ready")
         signal.pause()
         os._exit(0)
     try:
         os.close(write)
         assert os.read(read, 5) == b"ready"
+        [grandchild] = memory.children(child)
         rss = memory.rss_mb(os.getpid()) + memory.rss_mb(child)
         pss = memory.server_pss(os.getpid(), [str(child)])
-        assert pss["workers"] == 1
-        assert pss["total"] == pytest.approx(pss["master"] + pss["workers_total"])
+        assert pss["workers"] == 1 and pss["writers"] == 1
+        assert pss["writers_total"] == pytest.approx(memory.pss_mb(grandchild), abs=1)
+        assert pss["total"] == pytest.approx(pss["master"] + pss["workers_total"] + pss["writers_total"])
         # each process's RSS holds the whole block; their PSS hold it once between them
         assert memory.rss_mb(child) > SHARED_MB
         assert rss - pss["total"] > 0.8 * SHARED_MB
         assert pss["total"] < memory.rss_mb(os.getpid()) + 0.5 * SHARED_MB
         assert memory.pss_line(pss).endswith(f"= {pss['total']:.0f} MB")
     finally:
+        for pid in memory.children(child):
+            os.kill(int(pid), signal.SIGKILL)
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         os.close(read)

@@ -7,10 +7,14 @@ gets its own. Log content (JSON, no patient data) is proved in test_logging.py.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from cds_service import feedback
 
 from .support.gunicorn import GUNICORN, Gunicorn
 from .support.ports import free_port
@@ -140,3 +144,76 @@ def test_gunicorn_accepting_the_open_value_sets_logs_critical_and_is_ready(tmp_p
         assert ready.status_code == 200 and len(ready.json()["goLive"]["accepted"]) == 2
     finally:
         server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _writers(master: int) -> dict[int, list[int]]:
+    """Each worker's feedback-writer children (feedback/_process.py)."""
+    return {w: [c for c in _children(w) if Path(f"/proc/{c}/comm").read_text().strip() == "mm-cds-writer"]
+            for w in _children(master)}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def _listening_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def _writers_of_every_worker(master: int, workers: int) -> dict[int, list[int]]:
+    deadline = time.monotonic() + 30  # /health answered by one worker while the other boots
+    while len(found := _writers(master)) < workers or not all(found.values()):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+    return found
+
+
+def test_each_worker_writes_through_a_child_that_does_not_hold_the_port(production):
+    writers = _writers_of_every_worker(production.process.pid, 2)
+    assert len(writers) == 2 and all(len(children) == 1 for children in writers.values()), writers
+    listening = _listening_inode(production.port)
+    for worker, (child,) in writers.items():
+        assert listening in _socket_inodes(worker)
+        assert listening not in _socket_inodes(child)  # a child draining after a stop keeps no port bound
+
+
+@pytest.mark.slow
+def test_a_stop_writes_every_issued_card_and_ends_the_writer_children(tmp_path):
+    server = Gunicorn(tmp_path, workers="2")
+    server.wait_ready()
+    try:
+        services = discovery(server.base)
+        body = order_sign(prefetch=empty_prefetch(services["mm-tcell-order-sign"], {"resourceType": "Patient", "id": "p1"}))
+        issued = set()
+        for _ in range(20):  # new connections: both workers
+            answer = requests.post(server.base + SIGN, json=body, timeout=10, headers={"Connection": "close"})
+            issued |= {card["uuid"] for card in answer.json()["cards"]}
+        writers = [c for children in _writers_of_every_worker(server.process.pid, 2).values() for c in children]
+    finally:
+        assert server.stop() == 0, server.output()
+    assert len(writers) == 2 and issued
+    assert not [pid for pid in writers if Path(f"/proc/{pid}").exists()
+                and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()]
+    db = feedback.open_database("", str(tmp_path / "data"))
+    conn = db.connect()
+    try:
+        in_db = {r["card_uuid"] for r in feedback.query(db, conn, "SELECT card_uuid FROM issued_cards")}
+    finally:
+        conn.close()
+    assert issued <= in_db, f"{len(issued - in_db)} of {len(issued)} issued cards not written"

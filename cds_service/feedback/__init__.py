@@ -2,6 +2,8 @@
 
 Public API:
     open_writer(settings) -> Writer      the background writer (cards issued, feedback)
+    open_worker_writer(settings, fds)    a gunicorn worker's: the same Writer in a child process
+                                         (ProcessWriter, Writer's interface), fds closed in the child
     Writer                .record_cards, .record_feedback, .flush, .close
     open_database(url) -> Database       SqliteDatabase or PostgresDatabase, migrated
     card_rows(...), feedback_rows(...)   rows from an issued card / a feedback body
@@ -25,6 +27,7 @@ from cds_service.feedback._db import (
 )
 from cds_service.feedback._keys import Keys, service_secret
 from cds_service.feedback._lookup import History
+from cds_service.feedback._process import ProcessWriter, open_worker_writer
 from cds_service.feedback._report import as_json as report_json
 from cds_service.feedback._report import as_table as report_table
 from cds_service.feedback._report import build as build_report
@@ -33,5 +36,5 @@ from cds_service.feedback._writer import Writer, open_history, open_writer
 __all__ = [
     "SCHEMA_VERSION", "CallKeys", "History", "Keys", "open_history", "service_secret",
     "CardRow", "Database", "FeedbackRow", "Writer", "build_report", "card_rows", "feedback_rows", "open_database",
-    "open_writer", "query", "report_json", "report_table",
+    "open_worker_writer", "open_writer", "ProcessWriter", "query", "report_json", "report_table",
 ]

@@ -56,9 +56,9 @@ class _Job:
 
 class Writer:
     def __init__(self, db: Database, queue_size: int = 10000, issued_card_days: float = 0.0,
-                 linger: float = LINGER):
+                 linger: float | None = None):
         self.db = db
-        self.linger = linger
+        self.linger = LINGER if linger is None else linger  # read when made: a test may hold rows longer
         self.retention = dt.timedelta(days=issued_card_days) if issued_card_days > 0 else None
         self._cards_since_purge = 0
         self.purged_cards = 0
