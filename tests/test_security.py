@@ -4,7 +4,9 @@ why, the start-up rule off loopback, jku served by a loopback server, explain ac
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -325,6 +327,29 @@ def test_startup_off_loopback_with_allow_insecure_runs_unauthenticated_and_says_
     assert asked.status_code == 200
     assert "extension" not in asked.get_json()
     assert codes(asked.get_json()) == codes(plain.get_json())
+
+
+def test_calls_without_a_token_are_warned_of_once_an_interval_with_their_count(kb, caplog, monkeypatch):
+    """A gateway that strips tokens (allow_insecure) sends every call without one: a warning
+    line for each would be the log. The first is logged, then one an interval, counted."""
+    from cds_service.web import _auth
+
+    monkeypatch.setattr(_auth, "MISSING_TOKEN_LOG_INTERVAL", 0.5)
+    app = make_app(kb, allow_insecure=True)
+    client = app.test_client()
+
+    def warnings() -> list:
+        return [r for r in caplog.records if getattr(r, "event", None) == "auth_missing_allowed"]
+
+    with caplog.at_level(logging.WARNING, logger="cds_service.web._auth"):
+        for _ in range(5):
+            assert call(client, kb, "service", remote="203.0.113.9").status_code == 200
+        assert [r.count for r in warnings()] == [1]
+        time.sleep(0.6)
+        assert call(client, kb, "discovery", remote="203.0.113.9").status_code == 200
+        assert [r.count for r in warnings()] == [1, 5]  # the 4 held back and this one
+        assert warnings()[-1].path == "/cds-services"
+    web.state_of(app).feedback.close()
 
 
 @pytest.mark.parametrize("table, message", [

@@ -3,6 +3,7 @@
 
 Public API:
     configure_logging(level), JsonFormatter     one JSON object a log line, no patient data
+    Summarised(logger, interval).warning(...)    a per-request warning at most once an interval, counted
     observe_request(endpoint, status, record)   a request's counts from its RequestRecord
     observe_fetch(outcome, seconds), set_knowledge(kb, previous=None), scrape_metrics()
     multiprocess_dir()                           PROMETHEUS_MULTIPROC_DIR under gunicorn
@@ -12,7 +13,7 @@ Public API:
     admin_token(settings), admin_token_matches(configured, presented)   the reload credential
 """
 
-from cds_service.ops._logs import JsonFormatter
+from cds_service.ops._logs import JsonFormatter, Summarised
 from cds_service.ops._logs import configure as configure_logging
 from cds_service.ops._metrics import (
     multiprocess_dir,
@@ -31,6 +32,6 @@ from cds_service.ops._reload import (
 )
 
 __all__ = [
-    "JsonFormatter", "ReloadResult", "admin_token", "admin_token_matches", "coalesced", "configure_logging", "multiprocess_dir", "observe_fetch", "observe_request",
+    "JsonFormatter", "ReloadResult", "Summarised", "admin_token", "admin_token_matches", "coalesced", "configure_logging", "multiprocess_dir", "observe_fetch", "observe_request",
     "reload_knowledge", "scrape_metrics", "set_knowledge", "validate_only",
 ]

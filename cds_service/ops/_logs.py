@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -30,6 +31,28 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = exc_type.__name__
             entry["stack"] = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_tb(tb)][-8:]
         return json.dumps(entry, default=str)
+
+
+class Summarised:
+    """A warning that would otherwise repeat on every request: logged at its first occurrence,
+    then at most once per `interval` seconds, with `count`, how often it happened since the
+    line before (this time included). The signal stays; the log is not one line a call."""
+
+    def __init__(self, logger: logging.Logger, interval: float):
+        self.logger = logger
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._count = 0
+        self._last: float | None = None
+
+    def warning(self, msg: str, extra: dict[str, Any]) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if self._last is not None and now - self._last < self.interval:
+                return
+            count, self._count, self._last = self._count, 0, now
+        self.logger.warning(msg, extra={**extra, "count": count})
 
 
 def configure(level: str = "INFO", stream=None) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, request
 
+from cds_service import ops
 from cds_service.data import HttpTransport
 from cds_service.errors import Unauthenticated
 from cds_service.security import (
@@ -35,6 +36,10 @@ EXEMPT_PATHS = EXEMPT_PATHS | {"/admin/reload"}
 # CORS preflight: browsers never send Authorization on OPTIONS, and it runs no service.
 EXEMPT_METHODS = frozenset({"OPTIONS"})
 JWKS_MAX_BYTES = 1024 * 1024
+# A call without a token, where none is required (loopback, allow_insecure), is a warning
+# worth keeping but not one line per call (every call of a gateway that strips tokens):
+# the first, then one a minute with the count (ops.Summarised).
+MISSING_TOKEN_LOG_INTERVAL = 60.0
 
 
 def build_guard(config: SecurityConfig, replay: ReplayGuard | None = None) -> Guard:
@@ -45,6 +50,7 @@ def build_guard(config: SecurityConfig, replay: ReplayGuard | None = None) -> Gu
 
 
 def register(app: Flask, guard: Guard) -> None:
+    missing_token = ops.Summarised(log, MISSING_TOKEN_LOG_INTERVAL)
 
     @app.before_request
     def authenticate() -> None:
@@ -55,8 +61,8 @@ def register(app: Flask, guard: Guard) -> None:
         if token is None:
             if guard.config.require_token:
                 _refuse(Unauthenticated("a bearer JWT is required (Authorization: Bearer <JWT>)"))
-            log.warning("call without a bearer JWT accepted (token not required here)",
-                        extra={"event": "auth_missing_allowed", "path": _route()})
+            missing_token.warning("calls without a bearer JWT accepted (token not required here)",
+                                  {"event": "auth_missing_allowed", "path": _route()})
             return
         try:
             claims = guard.verifier.verify(token, audiences(guard))
