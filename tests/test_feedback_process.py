@@ -68,7 +68,7 @@ def wait_for(predicate, seconds: float = 15.0) -> None:
 
 def test_cards_and_feedback_are_written_by_a_child_process(settings, writer):
     assert writer.pid != os.getpid()
-    assert Path(f"/proc/{writer.pid}/comm").read_text().strip() == "mm-cds-writer"
+    wait_for(lambda: Path(f"/proc/{writer.pid}/comm").read_text().strip() == "mm-cds-writer")  # named once forked
     issued = cards(3)
     writer.record_cards(issued)
     # the feedback's commit comes after the cards handed over before it
