@@ -40,7 +40,7 @@ from typing import NoReturn
 from cds_service.config import Settings
 from cds_service.errors import StoreRejected, StoreUnavailable
 from cds_service.feedback._db import CardRow, Database, FeedbackRow, open_database
-from cds_service.feedback._writer import Writer, open_writer
+from cds_service.feedback._writer import Flushing, Writer, open_writer
 
 log = logging.getLogger(__name__)
 # One message at most: a call's card rows are about 1 KB each, and the default socket buffer
@@ -61,7 +61,7 @@ class _Reply:
     error: Exception | None = None
 
 
-class ProcessWriter:
+class ProcessWriter(Flushing):
     """Writer's interface for the worker (record_cards, store_feedback, flush, close, db),
     its work done in the child. Made in the worker before its threads start (post_fork).
 
@@ -113,14 +113,6 @@ class ProcessWriter:
         deadline = time.monotonic() + timeout
         chunks = [chunk for chunk, _ in _packets(lambda part: ("feedback", 0, 0.0, fail_fast, part), tuple(rows))]
         return sum(self._ask(chunk, fail_fast, deadline) for chunk in chunks)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """True once everything handed over before this call is committed."""
-        try:
-            self.store_feedback((), timeout, fail_fast=False)
-            return True
-        except StoreUnavailable:
-            return False
 
     def close(self, timeout: float = 10.0) -> None:
         """The child writes what it holds (for up to `timeout` seconds) and exits."""

@@ -54,7 +54,23 @@ class _Job:
     error: str | None = None  # the database refused these rows (see Writer._isolate)
 
 
-class Writer:
+class Flushing:
+    """flush() for both writers (this module's thread, feedback/_process.py's child): an
+    empty feedback write, which commits behind everything handed over before it."""
+
+    def store_feedback(self, rows: Sequence[FeedbackRow], timeout: float, fail_fast: bool = True) -> int:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """True once everything handed over before this call is committed."""
+        try:
+            self.store_feedback((), timeout, fail_fast=False)
+            return True
+        except StoreUnavailable:
+            return False
+
+
+class Writer(Flushing):
     def __init__(self, db: Database, queue_size: int = 10000, issued_card_days: float = 0.0,
                  linger: float | None = None):
         self.db = db
@@ -105,14 +121,6 @@ class Writer:
         if job.error:
             raise StoreRejected(f"the feedback database refused the rows: {job.error}")  # a 500: our bug
         return job.new
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """True once everything queued before this call is committed."""
-        try:
-            self.store_feedback((), timeout, fail_fast=False)
-            return True
-        except StoreUnavailable:
-            return False
 
     def close(self, timeout: float = 10.0) -> None:
         """Writes what is queued (for up to `timeout` seconds), then stops the thread."""
