@@ -1,7 +1,8 @@
 """gunicorn settings for bench/server_profile.py: the production ones (cds_service.gunicorn_conf)
 plus per-thread CPU accounting of the pieces of a request, written by each worker at exit to
 $MM_BENCH_PROFILE_DIR/acct-<pid>.json, and by its feedback writer's child process
-(feedback/_process.py) to acct-<worker pid>-writer.json. Bench only: it wraps private functions by name."""
+(feedback/_process.py) to acct-<worker pid>-writer.json; each worker names itself and its writer
+child in pids-<pid>.json once forked, for the context switches read from /proc during the run. Bench only: it wraps private functions by name."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def post_fork(server, worker) -> None:  # noqa: F811 (the wrappers, then the pro
     writer.Writer._commit = _timed("issued-card rows written (writer process's thread)", writer.Writer._commit)
     at_writer_child_close(lambda pid: _dump(f"{pid}-writer", "feedback writer process, all threads"))
     _base.post_fork(server, worker)
+    writer_pid = getattr(_base._state(server).feedback, "pid", None)  # None: the writer fell back to a thread
+    with open(os.path.join(_OUT, f"pids-{os.getpid()}.json"), "w") as fh:
+        json.dump({"worker": os.getpid(), "writer": writer_pid}, fh)
     import cds_service.feedback._lookup as lookup
     import cds_service.ops._logs as logs
     import cds_service.web._hooks as hooks

@@ -4,6 +4,7 @@ which a worker forks in the production post_fork hook. Bench only: it wraps priv
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,25 @@ def cpu_of_this_process() -> float:
     """User and system CPU seconds of every thread of this process, from /proc."""
     fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every live thread of a process, from
+    /proc (a thread that waits for the interpreter lock, a socket or a lock sleeps: voluntary);
+    (0, 0) for a process that is gone."""
+    voluntary = involuntary = 0
+    for status in glob.glob(f"/proc/{pid}/task/*/status"):
+        try:
+            lines = open(status).read().splitlines()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name == "voluntary_ctxt_switches":
+                voluntary += int(value)
+            elif name == "nonvoluntary_ctxt_switches":
+                involuntary += int(value)
+    return voluntary, involuntary
 
 
 def at_writer_child_close(dump: Callable[[int], None]) -> None:

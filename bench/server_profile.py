@@ -8,7 +8,11 @@ at 300 resources with wrk (a Python client with --clients 1), and prints the CPU
 per request: what is not `service.call()` is the server layer. The feedback writer's commits
 run in a child process of each worker (cds_service/feedback/_process.py), counted apart.
 Thread CPU, so the load of the machine counts less than in wall-clock numbers; the load
-average is printed anyway.
+average is printed anyway. Then the context switches per request of the workers' and their
+writer processes' threads during the run: a thread that waits for the interpreter lock, a
+socket or a lock sleeps (a voluntary switch), so `--clients 1` against `--clients 4` on one
+worker shows what requests in flight together cost one another in a process
+(docs/operations.md, eleventh session).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _writer_child import context_switches  # noqa: E402
 from run import concurrent_wrk, configured_knowledge, instrumented_server, sequential  # noqa: E402
 from workloads import request  # noqa: E402
 
@@ -43,8 +48,12 @@ def main() -> None:
     with instrumented_server("_server_profile_conf", env, Path(out) / "stderr") as base:
         url = f"{base}/cds-services/{service.id}"
         started_load = os.getloadavg()[0]
+        processes = _processes(out)
+        before = {role: _switches(pids) for role, pids in processes.items()}
         result = concurrent_wrk(url, body, args.clients, args.seconds) if args.clients > 1 \
             else sequential(url, body, 100 * args.seconds)
+        switched = {role: [b - a for a, b in zip(before[role], _switches(pids), strict=True)]
+                    for role, pids in processes.items()}
     spent: collections.Counter[str] = collections.Counter()
     for path in glob.glob(f"{out}/acct-*.json"):
         spent.update(json.loads(Path(path).read_text()))
@@ -59,6 +68,21 @@ def main() -> None:
     print(f"\n  server layer (worker process minus service.call()): {layer:.3f} ms")
     both = spent["worker process, all threads"] + spent["feedback writer process, all threads"]
     print(f"  a request's CPU, the workers and their feedback writer processes: {both / n * 1000:.3f} ms")
+    print("\nContext switches per request during the run, voluntary / involuntary:")
+    for role, (voluntary, involuntary) in switched.items():
+        print(f"  {voluntary / result['requests']:6.1f} / {involuntary / result['requests']:4.1f}  {role}, all threads")
+
+
+def _processes(out: str) -> dict[str, list[int]]:
+    """The workers and their writer children, as each worker wrote them once forked."""
+    named = [json.loads(Path(p).read_text()) for p in glob.glob(f"{out}/pids-*.json")]
+    return {"workers": [p["worker"] for p in named],
+            "feedback writer processes": [p["writer"] for p in named if p["writer"]]}
+
+
+def _switches(pids: list[int]) -> tuple[int, int]:
+    counts = [context_switches(pid) for pid in pids]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 if __name__ == "__main__":
