@@ -16,7 +16,8 @@ real feed sends, not what a test would write:
   tries the text as UCUM: some convert, `K/uL`, `cells/uL`, `x10E3/uL` do not);
 * medications as medicationCodeableConcept, as medicationReference to a contained
   Medication (`#m`), and as medicationReference to `Medication/<id>`, whose Medication the
-  EHR's search returns as an `_include` entry (search.mode include);
+  EHR's search returns as an `_include` entry (search.mode include), as the service's
+  medication templates ask (`_include=<type>:medication`);
 * prefetch as a conformant CDS Hooks 2.0 EHR fills it from the service's discovery:
   `tests/support/ehr.build_prefetch` (only the 2.0 tokens; a key it cannot resolve is
   omitted), searches run by the tests' independent FHIR search logic.
@@ -125,26 +126,13 @@ def request(kind: str, n: int, services, now: dt.datetime = NOW) -> tuple[object
     records = chart(kind, n, now)
     store = FhirStore(records)
     ctx = context(kind)
-    prefetch = with_includes(build_prefetch(service.prefetch, ctx, store, now.date()), store)
+    prefetch = build_prefetch(service.prefetch, ctx, store, now.date())  # the searches' _include answered
     body = {"hook": workload.hook, "hookInstance": str(uuid.UUID(int=random.Random(f"{kind}{n}").getrandbits(128), version=4)),
             "context": ctx, "prefetch": prefetch}
     sent = sum(len(v.get("entry", [])) if v.get("resourceType") == "Bundle" else 1
                for v in prefetch.values() if isinstance(v, dict))
     facts = {"chart": len(records), "prefetch_resources": sent, "keys": len(prefetch)}
     return service, body, facts
-
-
-def with_includes(prefetch: dict, store: FhirStore) -> dict:
-    """Searches answer the Medications their records reference as `_include` entries, as
-    EHRs that support it do (the records' `Medication/<id>` references resolve locally)."""
-    for value in prefetch.values():
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            refs = sorted({(e["resource"].get("medicationReference") or {}).get("reference", "")
-                           for e in value.get("entry", [])})
-            value["entry"] = value.get("entry", []) + [
-                {"resource": found, "search": {"mode": "include"}}
-                for r in refs if r.startswith("Medication/") and (found := store.read("Medication", r.split("/", 1)[1]))]
-    return prefetch
 
 
 # -- building a chart ----------------------------------------------------------------------------

@@ -34,7 +34,8 @@
     └── FetchError                one FHIR query (or a JWKS download) failed (timeout, HTTP
                                   status, bad JSON); data assembly turns it into
                                   DataUnavailable, token checking into Unauthenticated
-          .kind: one of FETCH_KINDS (a metrics label), .reason: the text the 412 quotes
+          .kind: one of FETCH_KINDS (a metrics label), .reason: the text the 412 quotes,
+          .status: the HTTP status of an http_status failure
 
 Evaluation never raises for clinical data: a condition that errors counts as false and
 is recorded in the trace.
@@ -171,8 +172,9 @@ class StoreUnavailable(CdsError):
 class FetchError(CdsError):
     """One FHIR query to the client's fhirServer failed."""
 
-    def __init__(self, reason: str, kind: str = "request"):
+    def __init__(self, reason: str, kind: str = "request", status: int | None = None):
         assert kind in FETCH_KINDS, kind
         self.reason = reason
         self.kind = kind
+        self.status = status  # the HTTP status of an http_status failure
         super().__init__(reason)

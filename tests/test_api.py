@@ -45,8 +45,10 @@ def test_discovery_lists_one_service_per_hook_with_prefetch_templates(client):
     # a relative window is not in the template (CDS Hooks 2.0 has no date token): applied here
     assert "date=" not in sign["prefetch"]["hcvAntibody"]
     # medication searches carry no code (the server's code search does not follow
-    # medicationReference, and NDC products cannot be token-searched): one search per type
-    assert sign["prefetch"]["bsabAdministrations"] == "MedicationAdministration?patient={{context.patientId}}"
+    # medicationReference, and NDC products cannot be token-searched): one search per type,
+    # asking for the Medications the records reference in the same answer
+    assert sign["prefetch"]["bsabAdministrations"] == \
+        "MedicationAdministration?patient={{context.patientId}}&_include=MedicationAdministration:medication"
     # a window over another key's query shares that key: one fetch, not two
     assert "bsabAdministrations" in sign["prefetch"] and "recentBsabAdministrations" not in sign["prefetch"]
     # no codes shipped for immune globulin: nothing to ask the EHR for

@@ -1,5 +1,6 @@
 """Medications as EHRs send them: every scenario agrees when the chart's medications are
-medicationReference (contained; the Medication in the Bundle; only on the FHIR server),
+medicationReference (contained; the Medication in the Bundle, unasked or as the searches'
+`_include` asked; only on the FHIR server, which ignores `_include`),
 in both data modes, and when prefetch holds more than the templates asked.
 
 The loopback FHIR server searches like a real one: `code` never follows a reference, an
@@ -15,6 +16,7 @@ import json
 import time
 
 import pytest
+from werkzeug.wrappers import Response
 
 from cds_service import create_app, scenarios
 from cds_service.knowledge import MEDICATION_RECORD_TYPES
@@ -62,8 +64,9 @@ def as_references(chart: list[dict], form: str) -> tuple[list[dict], int]:
 FORMS = {
     "inline": {},
     "contained": {},
-    "bundle": {"includes": True},
-    "server": {"server_too": True},
+    "bundle": {"includes": True},  # the EHR includes them unasked, in every Bundle
+    "included": {"server_too": True},  # the medication searches' _include answered
+    "server": {"server_too": True, "ignore_include": True},  # only on the server: read one by one
 }
 
 
@@ -134,6 +137,7 @@ def test_medications_are_read_once_each_concurrently_with_the_bearer_token(kb, f
     app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     teclistamab = {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}
     fhir.reset([PATIENT, teclistamab] + [administration(f"a{i}", "Medication/tec") for i in range(30)])
+    fhir.ignore_include = True  # a server without _include: the references are read
     response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
     assert response.status_code == 200, response.get_data(as_text=True)
     medication_reads = [r for r in fhir.requests if r.path.startswith("/fhir/Medication/")]
@@ -141,8 +145,64 @@ def test_medications_are_read_once_each_concurrently_with_the_bearer_token(kb, f
     assert {r.authorization for r in medication_reads} == {"Bearer test-token"}
     # the administrations are seen as teclistamab: a prior exposure, so no first-dose cards
     note = trace(response)["dataRequirements"]["bsabAdministrations"]["note"]
-    assert "30 resolved (0 contained, 0 in the request's Bundles, 30 read from fhirServer)" in note
+    assert "30 resolved (0 contained, 0 in the Bundles (prefetched or fetched), 30 read from fhirServer)" in note
     assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
+
+
+def _medication_searches(fhir) -> list[tuple[str, str]]:
+    return [(r.path, r.query) for r in fhir.requests
+            if r.path.rsplit("/", 1)[-1] in MEDICATION_RECORD_TYPES and "_offset" not in r.query]
+
+
+def test_a_server_that_answers_include_brings_the_medications_with_the_searches(kb, fhir):
+    """The medication searches ask for the Medications their records reference (_include):
+    a server that answers it needs no read per reference, so a call costs one round trip."""
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    teclistamab = {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}
+    fhir.reset([PATIENT, teclistamab] + [administration(f"a{i}", "Medication/tec") for i in range(30)])
+    response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    searches = _medication_searches(fhir)
+    assert searches and all(query.endswith(f"&_include={path.rsplit('/', 1)[-1]}:medication")
+                            for path, query in searches)
+    assert not [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")]
+    note = trace(response)["dataRequirements"]["bsabAdministrations"]["note"]
+    assert "30 resolved (0 contained, 30 in the Bundles (prefetched or fetched), 0 read from fhirServer)" in note
+    assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
+
+
+def test_a_server_that_refuses_include_is_asked_again_without_it(kb, fhir):
+    """A server that refuses what it does not support (400) gets each medication search
+    again without _include; the references are then read, and the cards are the same."""
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    teclistamab = {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}
+    chart = [PATIENT, teclistamab] + [administration(f"a{i}", "Medication/tec") for i in range(30)]
+    fhir.reset(chart)
+    expected = codes(app.test_client().post(SIGN, json=with_server(order_sign(), fhir)))
+    fhir.reset(chart)
+    fhir.refuse_include = True
+    response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    searches = _medication_searches(fhir)
+    asked = [(path, query) for path, query in searches if "_include=" in query]
+    again = [(path, query) for path, query in searches if "_include=" not in query]
+    assert asked and sorted(path for path, _ in again) == sorted(path for path, _ in asked)
+    assert [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")] == ["/fhir/Medication/tec"]
+    assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
+    assert codes(response) == expected
+
+
+def test_a_refused_search_without_include_is_not_sent_again(kb, fhir):
+    """Only a refused _include is retried: another 400 is the key's failure (412), once."""
+    app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    fhir.reset([PATIENT])
+    fhir.fault = lambda req: (Response(status=400) if req.path == "/fhir/MedicationAdministration"
+                              and "_include" not in req.query_string.decode() else None)
+    fhir.refuse_include = True
+    response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert response.status_code == 412
+    sent = [q for path, q in _medication_searches(fhir) if path == "/fhir/MedicationAdministration"]
+    assert sent == ["patient=p1&_include=MedicationAdministration:medication", "patient=p1"]
 
 
 def test_an_ingredient_code_counts_for_value_set_membership(kb, fhir):
@@ -188,6 +248,7 @@ def test_an_administration_takes_the_medication_of_its_request(kb, fhir):
              "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-06-01",
              "request": {"reference": "MedicationRequest/r1"}}
     fhir.reset([PATIENT, request, given, {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}])
+    fhir.ignore_include = True  # a server without _include: the references are read
     response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
     assert response.status_code == 200, response.get_data(as_text=True)
     assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 1
@@ -198,6 +259,7 @@ def test_a_medication_read_that_times_out_is_412_within_the_deadline(kb, fhir):
     app = create_app({"fetch_timeout": 1.0}, kb=kb, clock=lambda: NOW)
     fhir.reset([PATIENT, administration("a1", "Medication/tec"),
                 {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}}])
+    fhir.ignore_include = True  # a server without _include: the Medication is read
     fhir.fault = lambda req: (time.sleep(3) or None) if req.path.startswith("/fhir/Medication/") else None
     started = time.monotonic()
     response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))

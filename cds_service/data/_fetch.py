@@ -33,8 +33,18 @@ class FhirClient:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def query(self, relative: str, deadline: float | None = None) -> list[dict]:
-        """Resources answering a read or search (relative to the base), all pages."""
-        return self.follow(f"{self.base}/{relative.lstrip('/')}", deadline, read=_is_read(relative))
+        """Resources answering a read or search (relative to the base), all pages.
+
+        A search asking for `_include` that the server refuses (400: some servers do not
+        support it, or refuse every parameter they do not know) is sent again without it:
+        the Medications it would have brought are then read one by one (data/_medications.py)."""
+        try:
+            return self.follow(f"{self.base}/{relative.lstrip('/')}", deadline, read=_is_read(relative))
+        except FetchError as exc:
+            plain = without_include(relative)
+            if exc.status != 400 or plain == relative:
+                raise
+            return self.follow(f"{self.base}/{plain.lstrip('/')}", deadline)
 
     def follow(self, url: str, deadline: float | None = None, read: bool = False) -> list[dict]:
         deadline = deadline or time.monotonic() + self.timeout
@@ -50,7 +60,7 @@ class FhirClient:
             if response.status == 404 and read:
                 return []
             if response.status != 200:
-                raise FetchError(f"HTTP {response.status}", kind="http_status")
+                raise FetchError(f"HTTP {response.status}", kind="http_status", status=response.status)
             body = _json(response.body)
             kind = body.get("resourceType")
             if kind == "OperationOutcome":
@@ -69,6 +79,15 @@ class FhirClient:
         normalised (case of scheme and host, default ports); a URL with userinfo or a `.`
         or `..` segment (percent-encoded or not) is never on the server."""
         return same_server(self.base, url)
+
+
+def without_include(relative: str) -> str:
+    """A search with its `_include` parameters left out (the same text when it has none)."""
+    path, mark, query = relative.partition("?")
+    if not mark:
+        return relative
+    kept = [p for p in query.split("&") if p.split("=", 1)[0] != "_include"]
+    return f"{path}?{'&'.join(kept)}" if kept else path
 
 
 def same_server(base_url: str, url: str) -> bool:

@@ -90,7 +90,7 @@ class Resolution:
         if not total and not self.unresolved:
             return None
         text = (f"medicationReference: {total} resolved ({self.contained} contained, {self.in_request} in the "
-                f"request's Bundles, {self.read} read from fhirServer)")
+                f"Bundles (prefetched or fetched), {self.read} read from fhirServer)")
         if self.unresolved:
             text += f"; unresolved: {', '.join(sorted(self.unresolved))}"
         return text

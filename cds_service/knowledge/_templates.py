@@ -8,7 +8,8 @@ whatever arrives. With `date_tokens` (setting prefetch_date_tokens, for clients 
 resolve the Da Vinci CRD extension) these are produced and accepted too:
   {{today()}}, {{today() - 365 days}}, {{today() + 7 days}}
 Medication searches are never filtered by code at the server: its `code` search does not
-follow medicationReference, so the service resolves references and filters here.
+follow medicationReference, so the service resolves references and filters here. They ask
+for the referenced Medications in the same answer (`_include=<type>:medication`).
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ def build_template(
             params.append(f"{df.search_param}=ge{df.start}")
         if df.end:
             params.append(f"{df.search_param}=le{df.end}")
+    if resource_type in MEDICATION_RECORD_TYPES:
+        # the Medications the records reference, in the same answer: no read per reference
+        # (a server that refuses the parameter is asked again without it: data/_fetch.py)
+        params.append(f"_include={resource_type}:medication")
     return f"{resource_type}?" + "&".join(params)
 
 

@@ -37,13 +37,14 @@ def resolve_token(token: str, context: dict, today: dt.date, date_tokens: bool =
 
 
 def build_prefetch(templates: dict[str, str], context: dict, store: FhirStore, today: dt.date,
-                   date_tokens: bool = False) -> dict:
-    """Prefetch as a conformant EHR sends it: a value per key, null when it has nothing."""
+                   date_tokens: bool = False, include: bool = True) -> dict:
+    """Prefetch as a conformant EHR sends it: a value per key, null when it has nothing.
+    `include`: the searches' `_include` answered (False: an EHR that ignores it)."""
     prefetch = {}
     for key, template in templates.items():
         values = [resolve_token(t, context, today, date_tokens) for t in _TOKEN.findall(template)]
         if any(v is None for v in values):
             continue  # cannot satisfy: the key is omitted
         query = _TOKEN.sub(lambda m: str(resolve_token(m.group(1), context, today, date_tokens)), template)
-        prefetch[key] = run_query(store, query)
+        prefetch[key] = run_query(store, query, include)
     return prefetch

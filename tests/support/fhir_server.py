@@ -10,8 +10,12 @@ links. It serves HTTP/1.1 keep-alive, as FHIR servers do (werkzeug's development
 closes every connection, so it would never exercise the service's connection reuse), and
 closes a connection idle for `idle_timeout` seconds; `accepted` counts the connections
 it accepted. It requires a bearer token and records every request. `fault` lets a test
-make it slow, fail or misbehave; `include_medications` makes searches answer the Medications their records
-reference as `_include` entries (search.mode include), as some EHRs do.
+make it slow, fail or misbehave. A search asking `_include=<type>:medication` (as the
+service's medication templates do) is answered with the Medications its records reference
+as include entries (search.mode include); `include_medications` does so for every search,
+as some EHRs do unasked; `ignore_include` leaves `_include` out (a server that does not
+support it, with FHIR's lenient handling of parameters), and `refuse_include` answers 400
+to it (one that refuses what it does not support).
 
 The search logic is written independently of the service's own filters on purpose:
 both must agree for the scenario tests to pass.
@@ -59,6 +63,9 @@ CODE_ELEMENTS = {
     "MedicationStatement": "medicationCodeableConcept",
     "Immunization": "vaccineCode",
 }
+# the record types whose `medication` reference `_include=<type>:medication` follows (written
+# here, not taken from the service, like the search logic)
+MEDICATION_KINDS = ("MedicationRequest", "MedicationAdministration", "MedicationStatement", "MedicationDispense")
 TOKEN_ELEMENTS = {"status": "status", "category": "category", "clinical-status": "clinicalStatus",
                   "verification-status": "verificationStatus", "vaccine-code": "vaccineCode", "class": "class",
                   "intent": "intent"}
@@ -121,8 +128,27 @@ class FhirStore:
         for name, value in params:
             if name in ("_count", "_sort", "_offset"):
                 continue
+            if name == "_include":
+                if value != f"{kind}:medication" or kind not in MEDICATION_KINDS:
+                    raise ValueError(f"unsupported _include '{value}' for {kind}")
+                continue
             result = [r for r in result if _matches(kind, r, name, value)]
         return list(result)
+
+    def referenced_medications(self, records: list[dict]) -> list[dict]:
+        """The Medications `records` reference (Medication/<id>) that the chart holds, each once."""
+        found: dict[str, dict] = {}
+        for record in records:
+            ref = (record.get("medicationReference") or {}).get("reference", "")
+            if ref.startswith("Medication/") and ref not in found:
+                medication = self.read("Medication", ref.split("/", 1)[1])
+                if medication is not None:
+                    found[ref] = medication
+        return list(found.values())
+
+
+def asks_include(params: list[tuple[str, str]]) -> bool:
+    return any(name == "_include" for name, _ in params)
 
 
 def _patient_reference(resource: dict) -> str:
@@ -189,6 +215,8 @@ class FhirServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.include_medications = False
+        self.refuse_include = False  # a server that supports no _include (and refuses what it does not support)
+        self.ignore_include = False  # a server that supports no _include and ignores it (FHIR's lenient handling)
         self._lock = threading.Lock()
         self._server = _KeepAliveServer(self._wsgi, idle_timeout)
         self.base = f"http://127.0.0.1:{self._server.server_port}/fhir"
@@ -222,6 +250,8 @@ class FhirServer:
             self.delay = 0.0
             self.max_in_flight = 0
             self.include_medications = False
+            self.refuse_include = False
+            self.ignore_include = False
 
     def _wsgi(self, environ, start_response):
         request = Request(environ)
@@ -252,6 +282,10 @@ class FhirServer:
             return _json(found) if found else _outcome(404, "not-found", f"{parts[0]}/{parts[1]} not found")
         if len(parts) == 1:
             params = parse_qsl(request.query_string.decode(), keep_blank_values=True)
+            if self.refuse_include and asks_include(params):
+                return _outcome(400, "not-supported", "_include is not supported")
+            if self.ignore_include:
+                params = [(name, value) for name, value in params if name != "_include"]
             try:
                 matches = self.store.search(parts[0], params)
             except ValueError as exc:
@@ -264,7 +298,8 @@ class FhirServer:
         page = matches[offset: offset + self.page_size]
         bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
                   "entry": [{"resource": r, "search": {"mode": "match"}} for r in page]}
-        if self.include_medications:
+        asked = asks_include(parse_qsl(request.query_string.decode())) and not self.ignore_include
+        if self.include_medications or asked:
             for medication in self._referenced_medications(page):
                 bundle["entry"].append({"resource": medication, "search": {"mode": "include"}})
         if offset + self.page_size < len(matches):
@@ -277,14 +312,7 @@ class FhirServer:
 
 
     def _referenced_medications(self, page: list[dict]) -> list[dict]:
-        found: dict[str, dict] = {}
-        for record in page:
-            ref = (record.get("medicationReference") or {}).get("reference", "")
-            if ref.startswith("Medication/") and ref not in found:
-                medication = self.store.read("Medication", ref.split("/", 1)[1])
-                if medication is not None:
-                    found[ref] = medication
-        return list(found.values())
+        return self.store.referenced_medications(page)
 
 
 def _call(app: Callable, url: str, headers, data: bytes = b"") -> tuple[str, Headers, bytes]:
@@ -411,12 +439,18 @@ def _outcome(status: int, code: str, text: str) -> Response:
     return _json({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": text}]}, status)
 
 
-def run_query(store: FhirStore, relative: str) -> dict | None:
-    """What an EHR would put in a prefetch key for this (already resolved) query."""
+def run_query(store: FhirStore, relative: str, include: bool = True) -> dict | None:
+    """What an EHR would put in a prefetch key for this (already resolved) query; without
+    `include`, as one that ignores `_include`."""
     split = urlsplit(relative)
     parts = [p for p in split.path.split("/") if p]
     if len(parts) == 2:
         return store.read(*parts)
-    matches = store.search(parts[0], parse_qsl(split.query, keep_blank_values=True))
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(matches),
-            "entry": [{"resource": r} for r in matches]}
+    params = parse_qsl(split.query, keep_blank_values=True)
+    if not include:
+        params = [(name, value) for name, value in params if name != "_include"]
+    matches = store.search(parts[0], params)
+    entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
+    if asks_include(params):
+        entries += [{"resource": m, "search": {"mode": "include"}} for m in store.referenced_medications(matches)]
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(matches), "entry": entries}

@@ -88,17 +88,19 @@ class Harness:
         return matches[0]
 
     def run(self, scenario: Scenario, mode: str, explain: bool = False, chart: list[dict] | None = None,
-            includes: bool = False, server_too: bool = False) -> dict:
+            includes: bool = False, server_too: bool = False, ignore_include: bool = False) -> dict:
         with self.lock:  # the clock and the FHIR server's chart are shared
             self.clock.now = scenario.now
             self.fhir.reset(scenario.chart if chart is None else chart)
             self.fhir.include_medications = includes
+            self.fhir.ignore_include = ignore_include
             service = self.service_for(scenario.hook)
             body: dict[str, Any] = {"hook": scenario.hook, "hookInstance": str(uuid.uuid4()), "context": scenario.context()}
             if mode in ("prefetch", "broad"):
                 templates = service.get("prefetch", {})
                 if mode == "prefetch":
-                    body["prefetch"] = build_prefetch(templates, body["context"], self.fhir.store, scenario.now.date())
+                    body["prefetch"] = build_prefetch(templates, body["context"], self.fhir.store, scenario.now.date(),
+                                                      include=not ignore_include)
                 else:
                     body["prefetch"] = broad_prefetch(templates, body["context"], self.fhir.store)
                 if includes:
