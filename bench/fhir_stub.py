@@ -1,7 +1,7 @@
 """Serve a chart (a JSON list of resources) from the tests' loopback FHIR server, in a
 process of its own, so its CPU does not compete with the service under measurement.
 
-    python bench/fhir_stub.py CHART.json DELAY_SECONDS [keepalive|close]
+    python bench/fhir_stub.py CHART.json DELAY_SECONDS [keepalive|close] [include|ignore]
                                                  (prints the base URL, then serves)
 
 The search logic and the HTTP/1.1 keep-alive serving are the tests'
@@ -17,7 +17,9 @@ stub measures the service, not itself:
   every search run again: how the tests' server served before keep-alive, for comparison
   with the runs made then (docs/operations.md says which stub a row used).
 
-DELAY_SECONDS is added to every request, reads included, before it is answered.
+DELAY_SECONDS is added to every request, reads included, before it is answered. `include`
+(the default): a search's `_include` is answered, as the service's medication searches ask;
+`ignore`: left out, as a server without it does, so every referenced Medication is read.
 """
 
 from __future__ import annotations
@@ -63,12 +65,14 @@ class RememberingFhirServer(FhirServer):
 
 
 @contextmanager
-def running(chart: list[dict], delay: float, mode: str = "keepalive") -> Iterator[str]:
-    """This stub in a process of its own, serving `chart` (written to a file it reads): its base URL."""
+def running(chart: list[dict], delay: float, mode: str = "keepalive", include: bool = True) -> Iterator[str]:
+    """This stub in a process of its own, serving `chart` (written to a file it reads): its
+    base URL. `include`: `_include` answered (False: ignored, so every referenced Medication is read)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chart.json"
         path.write_text(json.dumps(chart))
-        stub = subprocess.Popen([sys.executable, __file__, str(path), str(delay), mode], stdout=subprocess.PIPE, text=True)
+        stub = subprocess.Popen([sys.executable, __file__, str(path), str(delay), mode, "include" if include else "ignore"],
+                                stdout=subprocess.PIPE, text=True)
         try:
             yield stub.stdout.readline().strip()  # type: ignore[union-attr]
         finally:
@@ -76,10 +80,11 @@ def running(chart: list[dict], delay: float, mode: str = "keepalive") -> Iterato
             stub.wait(10)
 
 
-def serve(chart: list[dict], delay: float, mode: str) -> None:
+def serve(chart: list[dict], delay: float, mode: str, include: bool = True) -> None:
     if mode == "keepalive":
         fhir: FhirServer = RememberingFhirServer(FhirStore(chart))
         fhir.delay = delay
+        fhir.ignore_include = not include
         with fhir:
             print(fhir.base, flush=True)
             while True:
@@ -87,6 +92,7 @@ def serve(chart: list[dict], delay: float, mode: str) -> None:
     elif mode == "close":
         fhir = FhirServer(FhirStore(chart), page_size=1000)
         fhir.delay = delay
+        fhir.ignore_include = not include
         server = make_server("127.0.0.1", 0, fhir._wsgi, threaded=True)
         print(f"http://127.0.0.1:{server.server_port}/fhir", flush=True)
         server.serve_forever()
@@ -98,4 +104,7 @@ if __name__ == "__main__":
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the bench's screen
-    serve(json.loads(Path(sys.argv[1]).read_text()), float(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "keepalive")
+    if len(sys.argv) > 4 and sys.argv[4] not in ("include", "ignore"):
+        raise SystemExit(f"fhir_stub.py: {sys.argv[4]!r}: include or ignore")
+    serve(json.loads(Path(sys.argv[1]).read_text()), float(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "keepalive",
+          include=len(sys.argv) <= 4 or sys.argv[4] == "include")

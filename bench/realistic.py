@@ -10,7 +10,8 @@
     with 32 clients (wrk when installed, else Python threads, and the table says which);
 (3) worker memory (RSS) after the HTTP runs;
 (4) the fetch path: workload (a) at 300 resources with no prefetch, against a loopback FHIR
-    server in its own process adding 50 ms to every query, Medication reads included.
+    server in its own process adding 50 ms to every query: answering the medication
+    searches' `_include`, then ignoring it (Medication reads included).
 
     .venv/bin/python bench/realistic.py [--calls 200] [--seconds 10] [--skip-http] [--skip-fetch]
     .venv/bin/python bench/realistic.py --profile a [--resources 300]   cProfile, top 5 by
@@ -128,15 +129,18 @@ def over_http(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
 
 
 def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
-    """Workload (a), 300 resources, nothing prefetched: every key and every Medication/<id>
-    read from a FHIR server in its own process, with 0 and 50 ms added to every request
-    (`stub_mode`: how bench/fhir_stub.py serves, keepalive or close; see there)."""
+    """Workload (a), 300 resources, nothing prefetched: every key from a FHIR server in its
+    own process, with 0 and 50 ms added to every request, the Medications as `_include`
+    entries; then with 50 ms against a server that ignores `_include`, every Medication/<id>
+    read (the budget's row, "medication reads included"). `stub_mode`: how
+    bench/fhir_stub.py serves, keepalive or close; see there."""
     state = app.extensions["mm_cds"]
     service = next(s for s in state.kb.services.values() if s.hook == WORKLOADS["a"].hook)
     result = {}
     records = chart("a", 300)
-    for delay in (0.0, 0.05):
-        with running(records, delay, stub_mode) as base:
+    # the budget's row ("medication reads included"): a server that ignores _include
+    for delay, include in ((0.0, True), (0.05, True), (0.05, False)):
+        with running(records, delay, stub_mode, include) as base:
             body = threaded_body(context("a"), base)
             times, cpu, before = [], 0.0, load()
             for i in range(calls + 2):
@@ -148,11 +152,11 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
             keys = sum(1 for f in outcome.fetches if f.key != "Medication")
             reads = sum(1 for f in outcome.fetches if f.key == "Medication")
             cards, _ = per_call(outcome)
-            result[delay] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
+            result[delay, include] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
                              "cpu_ms": cpu / len(times) * 1000,
                              "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
-                             "stub": stub_mode}
-    return {"no_delay": result[0.0], "delay_50ms": result[0.05]}
+                             "stub": stub_mode, "include": include}
+    return {"no_delay": result[0.0, True], "delay_50ms": result[0.05, True], "delay_50ms_reads": result[0.05, False]}
 
 
 def profile(app, kind: str, n: int, calls: int) -> str:
@@ -219,7 +223,8 @@ def main() -> None:
 
     if not args.skip_fetch:
         results["fetch"] = fetch = fetch_path(app, stub_mode=args.stub)
-        for label, key in (("at once", "no_delay"), ("+50 ms per request", "delay_50ms")):
+        for label, key in (("at once", "no_delay"), ("+50 ms per request", "delay_50ms"),
+                           ("+50 ms per request, _include ignored (the Medications read)", "delay_50ms_reads")):
             f = fetch[key]
             print(f"\n(4) fetch path ({args.stub} stub), workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} queries + "
                   f"{f['medication_reads']} Medication reads per call, {f['cards']} cards; median {f['median_ms']:.0f} ms, "
