@@ -73,7 +73,10 @@ def test_medication_searches_are_not_filtered_by_code_and_usage_requirements_say
         medication = {k: t for k, t in service.get("prefetch", {}).items() if t.startswith("Medication")}
         assert medication, service["id"]
         assert all("code=" not in t for t in medication.values()), medication
+        # each asks for the Medications its records reference, in the same answer
+        assert all(t.endswith(f"&_include={t.split('?')[0]}:medication") for t in medication.values()), medication
         assert "not filtered by code at the FHIR server" in service["usageRequirements"]
+        assert "_include=<type>:medication" in service["usageRequirements"]
         assert "medicationReference" in service["usageRequirements"]
 
 

@@ -252,8 +252,8 @@ MEDICATION_RECORD_TYPES = ("MedicationRequest", "MedicationAdministration", "Med
 MEDICATION_USAGE = (
     "Searches of {types} are not filtered by code at the FHIR server (its code search does not follow "
     "medicationReference): the service resolves each medicationReference (contained, a Medication in the "
-    "Bundle, e.g. from _include, else a read of Medication/{{id}} from fhirServer with the bearer token) and "
-    "filters by Medication.code and ingredient codes itself."
+    "Bundle, as the templates' _include=<type>:medication asks, else a read of Medication/{{id}} from "
+    "fhirServer with the bearer token) and filters by Medication.code and ingredient codes itself."
 )
 
 
