@@ -19,6 +19,7 @@ import pytest
 from werkzeug.wrappers import Response
 
 from cds_service import create_app, scenarios
+from cds_service.data import IncludeRefusals
 from cds_service.knowledge import MEDICATION_RECORD_TYPES
 
 from .conftest import NOW
@@ -190,6 +191,42 @@ def test_a_server_that_refuses_include_is_asked_again_without_it(kb, fhir):
     assert [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")] == ["/fhir/Medication/tec"]
     assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
     assert codes(response) == expected
+
+
+def test_a_server_that_refused_include_gets_later_searches_without_it(kb, fhir, caplog):
+    """Remembered per process: the second call's medication searches leave _include out at
+    once (one round trip each, not a refusal and a second try), and it is logged once."""
+    app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    fhir.reset([PATIENT, {"resourceType": "Medication", "id": "tec", "code": {"coding": [TEC]}},
+                administration("a1", "Medication/tec")])
+    fhir.refuse_include = True
+    with caplog.at_level("INFO", logger="cds_service.data._fetch"):
+        first = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+        assert first.status_code == 200
+        assert any("_include=" in q for _, q in _medication_searches(fhir))
+        fhir.requests.clear()
+        second = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert second.status_code == 200 and codes(second) == codes(first)
+    searches = _medication_searches(fhir)
+    assert searches and not [q for _, q in searches if "_include=" in q]
+    assert len({path for path, _ in searches}) == len(searches)  # each type searched once
+    refused = [r for r in caplog.records if getattr(r, "event", None) == "fhir_include_refused"]
+    assert len(refused) == 1 and refused[0].fhir_server == fhir.base
+
+
+def test_a_remembered_refusal_expires_and_the_oldest_is_forgotten_first() -> None:
+    now = [0.0]
+    refusals = IncludeRefusals(ttl=60.0, size=2, clock=lambda: now[0])
+    refusals.refused("https://a.example/fhir")
+    assert refusals.refuses("https://a.example/fhir") and not refusals.refuses("https://b.example/fhir")
+    now[0] = 59.0
+    assert refusals.refuses("https://a.example/fhir")
+    now[0] = 60.0  # a server upgraded meanwhile is asked again
+    assert not refusals.refuses("https://a.example/fhir")
+    for base in ("https://a.example/fhir", "https://b.example/fhir", "https://c.example/fhir"):
+        refusals.refused(base)
+    assert [refusals.refuses(b) for b in ("https://a.example/fhir", "https://b.example/fhir",
+                                          "https://c.example/fhir")] == [False, True, True]
 
 
 def test_a_refused_search_without_include_is_not_sent_again(kb, fhir):

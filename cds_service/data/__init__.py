@@ -6,7 +6,8 @@ Public API:
     assemble(service, body, now, fetch) -> Assembled   raises DataUnavailable (412)
     Assembled         .data (RequestData), .reports (per key), .raw (as received), .fetches
     RequestData       what the engine evaluates over
-    FetchSettings     transport, executor, timeout, page and byte limits
+    FetchSettings     transport, executor, timeout, page and byte limits, the servers refusing _include
+    IncludeRefusals   fhirServer bases that refused `_include`, remembered for a time (FetchSettings's)
     FetchRecord       one key fetched: outcome kind and seconds (the caller records metrics)
     Transport, HttpTransport, Response, ByteBudget   the injectable HTTP transport (http.client
                       direct, urllib3 through a proxy; RequestsTransport: its former name)
@@ -26,11 +27,12 @@ from cds_service.data._assemble import (
     draft_orders,
     trigger_orders,
 )
-from cds_service.data._fetch import bundle_resources, next_link, same_server
+from cds_service.data._fetch import IncludeRefusals, bundle_resources, next_link, same_server
 from cds_service.data._http import ByteBudget, HttpTransport, RequestsTransport, Response, Transport
 
 __all__ = [
-    "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "HttpTransport", "KeyReport", "RequestData",
+    "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "HttpTransport", "IncludeRefusals", "KeyReport",
+    "RequestData",
     "RequestsTransport",
     "Response", "Transport", "assemble", "bundle_resources", "draft_orders", "next_link", "same_server", "trigger_orders",
 ]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import knowledge
-from cds_service.data._fetch import FhirClient, bundle_resources, next_link, same_server
+from cds_service.data._fetch import FhirClient, IncludeRefusals, bundle_resources, next_link, same_server
 from cds_service.data._http import Transport
 from cds_service.data._medications import (
     MEDICATION_TYPES,
@@ -140,6 +140,7 @@ class FetchSettings:
     timeout: float = 5.0
     max_pages: int = 20
     max_bytes: int = 16 * 1024 * 1024
+    include_refusals: IncludeRefusals = field(default_factory=IncludeRefusals)  # this process's, shared by its calls
 
 
 def draft_orders(context: dict) -> list[dict]:
@@ -214,7 +215,8 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
 
 def _client(body: dict, fetch: FetchSettings) -> FhirClient:
     token = (body.get("fhirAuthorization") or {}).get("access_token")
-    return FhirClient(body["fhirServer"], token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes)
+    return FhirClient(body["fhirServer"], token, fetch.transport, fetch.timeout, fetch.max_pages, fetch.max_bytes,
+                      fetch.include_refusals)
 
 
 def _reader(body: dict, fetch: FetchSettings, deadline: float) -> Callable[[str], list[dict]]:

@@ -11,7 +11,11 @@ of a call (every key, page and read) ends at the call's one deadline.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -19,11 +23,46 @@ import orjson
 from cds_service.data._http import ByteBudget, Transport
 from cds_service.errors import FetchError
 
+log = logging.getLogger(__name__)
+
+
+class IncludeRefusals:
+    """The fhirServer bases that refused `_include` (a 400), remembered for `ttl` seconds:
+    later calls send their medication searches without it, so such a server costs one
+    round trip per search, not a refusal and a second try each call. Bounded (the oldest
+    forgotten first); one per process, shared by its calls. A server upgraded meanwhile is
+    asked again once the entry expires."""
+
+    def __init__(self, ttl: float = 3600.0, size: int = 1024, clock: Callable[[], float] = time.monotonic):
+        self.ttl, self.size, self.clock = ttl, size, clock
+        self._since: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def refuses(self, base: str) -> bool:
+        with self._lock:
+            since = self._since.get(base)
+            if since is not None and self.clock() - since >= self.ttl:
+                del self._since[base]
+                since = None
+            return since is not None
+
+    def refused(self, base: str) -> None:
+        with self._lock:
+            known = base in self._since
+            self._since[base] = self.clock()
+            self._since.move_to_end(base)
+            while len(self._since) > self.size:
+                self._since.popitem(last=False)
+        if not known:  # a server's address, never patient data
+            log.info("fhirServer refuses _include; medication searches sent without it",
+                     extra={"event": "fhir_include_refused", "fhir_server": base, "seconds": self.ttl})
+
 
 class FhirClient:
     def __init__(self, base: str, token: str | None, transport: Transport, timeout: float, max_pages: int = 20,
-                 max_bytes: int = 16 * 1024 * 1024):
+                 max_bytes: int = 16 * 1024 * 1024, refusals: IncludeRefusals | None = None):
         self.base = base.rstrip("/")
+        self.refusals = refusals
         self.transport = transport
         self.timeout = timeout
         self.max_pages = max_pages
@@ -36,14 +75,19 @@ class FhirClient:
         """Resources answering a read or search (relative to the base), all pages.
 
         A search asking for `_include` that the server refuses (400: some servers do not
-        support it, or refuse every parameter they do not know) is sent again without it:
+        support it, or refuse every parameter they do not know) is sent again without it,
+        and the server is remembered (`refusals`) so that later calls leave it out at once:
         the Medications it would have brought are then read one by one (data/_medications.py)."""
+        if self.refusals is not None and self.refusals.refuses(self.base):
+            relative = without_include(relative)
         try:
             return self.follow(f"{self.base}/{relative.lstrip('/')}", deadline, read=_is_read(relative))
         except FetchError as exc:
             plain = without_include(relative)
             if exc.status != 400 or plain == relative:
                 raise
+            if self.refusals is not None:
+                self.refusals.refused(self.base)
             return self.follow(f"{self.base}/{plain.lstrip('/')}", deadline)
 
     def follow(self, url: str, deadline: float | None = None, read: bool = False) -> list[dict]:
