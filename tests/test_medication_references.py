@@ -167,8 +167,10 @@ def test_a_server_that_answers_include_brings_the_medications_with_the_searches(
     assert searches and all(query.endswith(f"&_include={path.rsplit('/', 1)[-1]}:medication")
                             for path, query in searches)
     assert not [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")]
-    note = trace(response)["dataRequirements"]["bsabAdministrations"]["note"]
-    assert "30 resolved (0 contained, 30 in the Bundles (prefetched or fetched), 0 read from fhirServer)" in note
+    report = trace(response)["dataRequirements"]["bsabAdministrations"]
+    assert "30 resolved (0 contained, 30 in the Bundles (prefetched or fetched), 0 read from fhirServer)" in report["note"]
+    # the Medication each page included is counted apart from the key's own records
+    assert (report["received"], report["count"], report["otherResourceTypes"]) == (32, 30, 2)
     assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
 
 
@@ -185,9 +187,11 @@ def test_a_server_that_refuses_include_is_asked_again_without_it(kb, fhir):
     response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
     assert response.status_code == 200, response.get_data(as_text=True)
     searches = _medication_searches(fhir)
-    asked = [(path, query) for path, query in searches if "_include=" in query]
-    again = [(path, query) for path, query in searches if "_include=" not in query]
-    assert asked and sorted(path for path, _ in again) == sorted(path for path, _ in asked)
+    asked = [path for path, query in searches if "_include=" in query]
+    plain = [path for path, query in searches if "_include=" not in query]
+    # every type searched once without it; those that asked first were refused (a search that
+    # started after the first refusal leaves it out at once: the refusal is remembered)
+    assert asked and set(asked) <= set(plain) and len(plain) == len(set(plain))
     assert [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")] == ["/fhir/Medication/tec"]
     assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 30
     assert codes(response) == expected
@@ -239,7 +243,9 @@ def test_a_refused_search_without_include_is_not_sent_again(kb, fhir):
     response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
     assert response.status_code == 412
     sent = [q for path, q in _medication_searches(fhir) if path == "/fhir/MedicationAdministration"]
-    assert sent == ["patient=p1&_include=MedicationAdministration:medication", "patient=p1"]
+    # with _include first (unless another search's refusal was remembered by then), then once without
+    assert sent[-1] == "patient=p1" and sent.count("patient=p1") == 1
+    assert sent[:-1] in ([], ["patient=p1&_include=MedicationAdministration:medication"])
 
 
 def test_an_ingredient_code_counts_for_value_set_membership(kb, fhir):

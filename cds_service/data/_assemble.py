@@ -88,6 +88,7 @@ class Retrievals(Mapping[str, list[dict]]):
             result = self._retriever.run(req, self._resolved.get(key, []))
             report = self._reports[key]
             report.count, report.other_patient = len(result.resources), result.other_patient
+            report.other_types = result.other_type
             found = self._done[key] = result.resources
         return found
 
@@ -112,6 +113,7 @@ class KeyReport:
     count: int = 0
     note: str | None = None
     other_patient: int = 0
+    other_types: int = 0  # received entries of another resource type (Medications from _include)
     seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,6 +122,8 @@ class KeyReport:
             out["note"] = self.note
         if self.other_patient:
             out["droppedOtherPatient"] = self.other_patient
+        if self.other_types:
+            out["otherResourceTypes"] = self.other_types
         if self.seconds is not None:
             out["fetchMs"] = round(self.seconds * 1000, 1)
         return out

@@ -22,6 +22,7 @@ class Retrieved:
     resources: list[dict]
     received: int = 0
     other_patient: int = 0
+    other_type: int = 0  # entries of another resource type (the Medications a search's _include brought)
 
 
 class Retriever:
@@ -50,8 +51,9 @@ class Retriever:
 
     def run(self, requirement: DataRequirement, resources: list[dict]) -> Retrieved:
         typed, other = self._of_type(resources, requirement.type)
+        other_type = len(resources) - len(typed) - other
         if not typed:  # the usual answer for most requirements of a sparse chart
-            return Retrieved([], received=len(resources), other_patient=other)
+            return Retrieved([], received=len(resources), other_patient=other, other_type=other_type)
         selective, rest = requirement.selective_filter, requirement.other_filters
         base = typed if selective is None else self._matching(typed, selective)
         if requirement.windows_on_sort:
@@ -70,7 +72,7 @@ class Retriever:
                 kept.sort(key=lambda r: self._date(r, paths) or dt.date.min, reverse=True)
         if requirement.limit:
             kept = kept[: requirement.limit]
-        return Retrieved(kept, received=len(resources), other_patient=other)
+        return Retrieved(kept, received=len(resources), other_patient=other, other_type=other_type)
 
     def _newest_first(self, base: list[dict], paths: tuple[str, ...], windows: tuple[DateFilter, ...]) -> list[dict]:
         """`base` newest first by `paths` (undated last, ties in their order), inside every
