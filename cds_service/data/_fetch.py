@@ -39,6 +39,8 @@ class IncludeRefusals:
         self._lock = threading.Lock()
 
     def refuses(self, base: str) -> bool:
+        if not self._since:  # the usual case, asked for every query of a call: no lock
+            return False
         with self._lock:
             since = self._since.get(base)
             if since is not None and self.clock() - since >= self.ttl:

@@ -151,6 +151,11 @@ def asks_include(params: list[tuple[str, str]]) -> bool:
     return any(name == "_include" for name, _ in params)
 
 
+def without_include(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The parameters as a server that ignores `_include` reads them."""
+    return [(name, value) for name, value in params if name != "_include"]
+
+
 def _patient_reference(resource: dict) -> str:
     return (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
 
@@ -285,7 +290,7 @@ class FhirServer:
             if self.refuse_include and asks_include(params):
                 return _outcome(400, "not-supported", "_include is not supported")
             if self.ignore_include:
-                params = [(name, value) for name, value in params if name != "_include"]
+                params = without_include(params)
             try:
                 matches = self.store.search(parts[0], params)
             except ValueError as exc:
@@ -300,7 +305,7 @@ class FhirServer:
                   "entry": [{"resource": r, "search": {"mode": "match"}} for r in page]}
         asked = asks_include(parse_qsl(request.query_string.decode())) and not self.ignore_include
         if self.include_medications or asked:
-            for medication in self._referenced_medications(page):
+            for medication in self.store.referenced_medications(page):
                 bundle["entry"].append({"resource": medication, "search": {"mode": "include"}})
         if offset + self.page_size < len(matches):
             query = [(k, v) for k, v in parse_qsl(request.query_string.decode(), keep_blank_values=True) if k != "_offset"]
@@ -309,10 +314,6 @@ class FhirServer:
 
             bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?{urlencode(query)}"}]
         return bundle
-
-
-    def _referenced_medications(self, page: list[dict]) -> list[dict]:
-        return self.store.referenced_medications(page)
 
 
 def _call(app: Callable, url: str, headers, data: bytes = b"") -> tuple[str, Headers, bytes]:
@@ -448,7 +449,7 @@ def run_query(store: FhirStore, relative: str, include: bool = True) -> dict | N
         return store.read(*parts)
     params = parse_qsl(split.query, keep_blank_values=True)
     if not include:
-        params = [(name, value) for name, value in params if name != "_include"]
+        params = without_include(params)
     matches = store.search(parts[0], params)
     entries = [{"resource": r, "search": {"mode": "match"}} for r in matches]
     if asks_include(params):

@@ -108,7 +108,7 @@ class Harness:
                         if isinstance(value, dict) and value.get("resourceType") == "Bundle":
                             value["entry"] = value.get("entry", []) + [
                                 {"resource": m, "search": {"mode": "include"}}
-                                for m in self.fhir._referenced_medications([e["resource"] for e in value.get("entry", [])])]
+                                for m in self.fhir.store.referenced_medications([e["resource"] for e in value.get("entry", [])])]
             if mode == "fetch" or server_too:
                 body["fhirServer"] = self.fhir.base
                 body["fhirAuthorization"] = {"access_token": self.fhir.token, "token_type": "Bearer",
