@@ -4,7 +4,7 @@
 
 The service sends a fetch-path call's GETs from a thread each (data/_assemble.py, data/_http.py).
 This script sends the same GETs from one thread instead, on non-blocking keep-alive sockets
-under one selector: the 42 searches at once, each next page as its page answers, and the
+under one selector: the service's searches at once (data/_searches.py), each next page as its page answers, and the
 Medication reads as soon as the search holding their references answers (those neither
 contained nor in the answers, as the service's early reads). It then calls the service in
 process with what arrived as the prefetch (the read Medications as `_include` entries), so
@@ -40,6 +40,7 @@ from workloads import NOW, chart, context
 from cds_service import create_app, knowledge
 from cds_service.data._fetch import bundle_resources, next_link
 from cds_service.data._medications import MEDICATION_TYPES, Medications, local_key, reference_of
+from cds_service.data._searches import plan
 from cds_service.service import HookOutcome
 from cds_service.service import call as call_hook
 
@@ -123,9 +124,13 @@ class FetchLoopCall:
     def __call__(self) -> HookOutcome:
         started = time.perf_counter()
         self.timeline = []
-        queries = {req.key: knowledge.resolve_template(req.template, self.ctx, NOW.date())
-                   for req in self.service.plan.requirements if not req.derived_from and req.template is not None}
-        found: dict[str, list[dict]] = {key: [] for key in queries}
+        needed = [req for req in self.service.plan.requirements if not req.derived_from and req.template is not None]
+        queries = {req.key: knowledge.resolve_template(req.template, self.ctx, NOW.date()) for req in needed}
+        # the service's own searches: several keys' merged where one search answers them (data/_searches.py)
+        searches = {f"search:{i}": search for i, search in enumerate(plan(
+            queries, {req.key: req.merge_params for req in needed if req.merge_params is not None},
+            self.state.fetch.merge_max_chars))}
+        found: dict[str, list[dict]] = {tag: [] for tag in searches}
         reads: list[dict] = []
         asked: set[str] = set()
         known = set(Medications(bundle_resources(self.ctx.get("draftOrders") or {})).by_key)
@@ -148,10 +153,10 @@ class FetchLoopCall:
                     asked.add(ref)
                     self.loop.send(f"{self.base_path}/{key}", f"read:{key}")
 
-        for key, query in queries.items():
-            self.loop.send(f"{self.base_path}/{quote(query, safe='/?=&,:')}", key)
+        for tag, search in searches.items():
+            self.loop.send(f"{self.base_path}/{quote(search.target, safe='/?=&,:')}", tag)
         self.loop.run(on_answer, time.monotonic() + 5.0)
-        prefetch: dict[str, Any] = {key: _bundle(resources) for key, resources in found.items()}
+        prefetch: dict[str, Any] = {key: _bundle(found[tag]) for tag, search in searches.items() for key in search.keys}
         first = next(iter(prefetch))
         prefetch[first]["entry"] += [{"resource": r, "search": {"mode": "include"}} for r in reads]
         body = {"hook": self.service.hook, "hookInstance": str(uuid.uuid4()), "context": self.ctx, "prefetch": prefetch}

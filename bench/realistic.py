@@ -25,6 +25,7 @@ Results also go to bench/results/workloads.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import io
 import json
@@ -33,6 +34,7 @@ import pstats
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +130,19 @@ def over_http(app, calls: int, seconds: int) -> tuple[list[dict], dict]:
     return rows, memory
 
 
+class CountingTransport:
+    """The service's transport, counting the GETs a call sends (searches, next pages, reads)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self._lock = inner, threading.Lock()
+        self.sent = 0
+
+    def get(self, *args, **kwargs):
+        with self._lock:  # the call's GETs are sent from many threads
+            self.sent += 1
+        return self.inner.get(*args, **kwargs)
+
+
 def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
     """Workload (a), 300 resources, nothing prefetched: every key from a FHIR server in its
     own process, with 0 and 50 ms added to every request, the Medications as `_include`
@@ -138,14 +153,17 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
     service = next(s for s in state.kb.services.values() if s.hook == WORKLOADS["a"].hook)
     result = {}
     records = chart("a", 300)
+    counting = CountingTransport(state.fetch.transport)
+    fetch = dataclasses.replace(state.fetch, transport=counting)
     # the budget's row ("medication reads included"): a server that ignores _include
     for delay, include in ((0.0, True), (0.05, True), (0.05, False)):
         with running(records, delay, stub_mode, include) as base:
             body = threaded_body(context("a"), base)
             times, cpu, before = [], 0.0, load()
             for i in range(calls + 2):
-                started, cpu_started = time.perf_counter(), time.process_time()
-                outcome = call_hook(state.kb, service, body, NOW, state.fetch)
+                started, cpu_started, sent = time.perf_counter(), time.process_time(), counting.sent
+                outcome = call_hook(state.kb, service, body, NOW, fetch)
+                gets = counting.sent - sent
                 if i >= 2:
                     times.append(time.perf_counter() - started)
                     cpu += time.process_time() - cpu_started  # every thread of the service's process
@@ -154,7 +172,7 @@ def fetch_path(app, calls: int = 15, stub_mode: str = "keepalive") -> dict:
             cards, _ = per_call(outcome)
             result[delay, include] = {"median_ms": statistics.median(times) * 1000, "p95_ms": percentile(times, 95) * 1000,
                              "cpu_ms": cpu / len(times) * 1000,
-                             "queries": keys, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
+                             "queries": keys, "gets": gets, "medication_reads": reads, "cards": cards, "load": f"{before}-{load()}",
                              "stub": stub_mode, "include": include}
     return {"no_delay": result[0.0, True], "delay_50ms": result[0.05, True], "delay_50ms_reads": result[0.05, False]}
 
@@ -226,8 +244,8 @@ def main() -> None:
         for label, key in (("at once", "no_delay"), ("+50 ms per request", "delay_50ms"),
                            ("+50 ms per request, _include ignored (the Medications read)", "delay_50ms_reads")):
             f = fetch[key]
-            print(f"\n(4) fetch path ({args.stub} stub), workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} queries + "
-                  f"{f['medication_reads']} Medication reads per call, {f['cards']} cards; median {f['median_ms']:.0f} ms, "
+            print(f"\n(4) fetch path ({args.stub} stub), workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} keys and "
+                  f"{f['medication_reads']} Medication reads per call in {f['gets']} GETs (merged searches, pages, reads), {f['cards']} cards; median {f['median_ms']:.0f} ms, "
                   f"p95 {f['p95_ms']:.0f} ms; the service's CPU {f['cpu_ms']:.1f} ms a call (load {f['load']})")
 
     out = ROOT / "bench" / "results"

@@ -64,6 +64,9 @@ class Settings:
     # call fetches, plus reads; at least 64): web/_app.fetch_threads
     fetch_workers: int = 0
     fetch_max_pages: int = 20
+    # Missing keys whose searches differ only by their codes and statuses are fetched by one
+    # search, at most this many characters long (data/_searches.py); 0: one search per key.
+    fetch_merge_max_chars: int = 2000
     fetch_max_bytes: int = 16 * 1024 * 1024  # read from fhirServer in one call, all keys and pages
     # CRD-style {{today() - N days}} prefetch tokens, for clients known to resolve them. Off:
     # only CDS Hooks 2.0 tokens; the retrieves apply look-back windows to what arrives.

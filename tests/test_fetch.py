@@ -45,7 +45,10 @@ other = pytest.fixture(_fhir_server, name="other")  # a second FHIR server: anot
 
 @pytest.fixture()
 def fetch_app(kb):
-    return create_app({"explain_enabled": True, "fetch_timeout": FETCH_TIMEOUT}, kb=kb, clock=lambda: NOW)
+    # One search per key: each fault below hits the keys whose own search it answers. Merged
+    # searches, and their faults, are tests/test_merged_searches.py's.
+    return create_app({"explain_enabled": True, "fetch_timeout": FETCH_TIMEOUT, "fetch_merge_max_chars": 0},
+                      kb=kb, clock=lambda: NOW)
 
 
 def with_server(body: dict, fhir: FhirServer, token: str | None = "test-token") -> dict:

@@ -64,7 +64,7 @@ def test_every_key_of_a_call_is_in_flight_at_once(kb):
     with FhirServer() as fhir:
         fhir.reset([PATIENT])
         keys = _gets_of_one_call(app, fhir)
-        assert keys >= 20
+        assert keys >= 10  # the searches of 40 keys, merged where one answers several (data/_searches.py)
         fhir.fault = _barrier_fault(keys)
         response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
         assert response.status_code == 200, response.get_data(as_text=True)
@@ -114,7 +114,7 @@ def test_medication_reads_are_sent_while_slower_keys_are_unanswered(kb):
         response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
         assert response.status_code == 200, response.get_data(as_text=True)
         assert [r.path for r in fhir.requests if r.path.startswith("/fhir/Medication/")] == ["/fhir/Medication/tec"]
-    assert len(held) >= 20 and all(held), f"{held.count(False)} searches answered before any Medication read was sent"
+    assert len(held) >= 8 and all(held), f"{held.count(False)} searches answered before any Medication read was sent"
 
 
 # -- the transport -------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ Public API:
     assemble(service, body, now, fetch) -> Assembled   raises DataUnavailable (412)
     Assembled         .data (RequestData), .reports (per key), .raw (as received), .fetches
     RequestData       what the engine evaluates over
-    FetchSettings     transport, executor, timeout, page and byte limits, the servers refusing _include
-    IncludeRefusals   fhirServer bases that refused `_include`, remembered for a time (FetchSettings's)
+    FetchSettings     transport, executor, timeout, page and byte limits, merged searches' length,
+                      the servers refusing _include or merged searches
+    IncludeRefusals, MergeRefusals   fhirServer bases that refused `_include` or a merged search
+                      (data/_searches.py), remembered for a time (FetchSettings's)
     FetchRecord       one key fetched: outcome kind and seconds (the caller records metrics)
     Transport, HttpTransport, Response, ByteBudget   the injectable HTTP transport (http.client
                       direct, urllib3 through a proxy; RequestsTransport: its former name)
@@ -27,12 +29,12 @@ from cds_service.data._assemble import (
     draft_orders,
     trigger_orders,
 )
-from cds_service.data._fetch import IncludeRefusals, bundle_resources, next_link, same_server
+from cds_service.data._fetch import IncludeRefusals, MergeRefusals, bundle_resources, next_link, same_server
 from cds_service.data._http import ByteBudget, HttpTransport, RequestsTransport, Response, Transport
 
 __all__ = [
     "Assembled", "ByteBudget", "FetchRecord", "FetchSettings", "HttpTransport", "IncludeRefusals", "KeyReport",
-    "RequestData",
+    "MergeRefusals", "RequestData",
     "RequestsTransport",
     "Response", "Transport", "assemble", "bundle_resources", "draft_orders", "next_link", "same_server", "trigger_orders",
 ]

@@ -3,7 +3,8 @@
 Per data requirement (= prefetch key):
   prefetched resource or Bundle    used; a Bundle with a next link is paged from fhirServer
   null, or an empty Bundle         no data
-  OperationOutcome, or absent      fetched from fhirServer (bearer token), with a timeout
+  OperationOutcome, or absent      fetched from fhirServer (bearer token), with a timeout; keys
+                                   whose searches differ only by codes share one (data/_searches.py)
   template needs an absent context field (e.g. no encounterId)   no data, said in the trace
   code filter on an empty value set   nothing can match: no data, nothing fetched
 A key that can be neither prefetched nor fetched makes the call answer 412. Then the
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import knowledge
-from cds_service.data._fetch import FhirClient, IncludeRefusals, bundle_resources, next_link, same_server
+from cds_service.data._fetch import FhirClient, IncludeRefusals, MergeRefusals, bundle_resources, next_link, same_server
 from cds_service.data._http import Transport
 from cds_service.data._medications import (
     MEDICATION_TYPES,
@@ -35,6 +36,7 @@ from cds_service.data._medications import (
     reference_of,
 )
 from cds_service.data._retrieve import Retriever
+from cds_service.data._searches import Search, plan
 from cds_service.errors import DataUnavailable, FetchError, InvalidRequest
 from cds_service.knowledge import Service
 
@@ -145,6 +147,8 @@ class FetchSettings:
     max_pages: int = 20
     max_bytes: int = 16 * 1024 * 1024
     include_refusals: IncludeRefusals = field(default_factory=IncludeRefusals)  # this process's, shared by its calls
+    merge_max_chars: int = 2000  # a search merged for several keys stays this short (data/_searches.py); 0: never merged
+    merge_refusals: MergeRefusals = field(default_factory=MergeRefusals)
 
 
 def draft_orders(context: dict) -> list[dict]:
@@ -175,6 +179,7 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
     raw: dict[str, list[dict]] = {}
     reports: dict[str, KeyReport] = {}
     to_fetch: dict[str, str] = {}  # key -> relative query or absolute next-page url
+    mergeable: dict[str, frozenset[str]] = {}  # key -> its token-list parameters (data/_searches.py)
     given = body.get("prefetch") or {}
     for req in service.plan.requirements:
         if req.derived_from:
@@ -191,6 +196,8 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
             raw[req.key], reports[req.key] = [], KeyReport("prefetch", note="null: no data")
         elif value is ... or value.get("resourceType") == "OperationOutcome":
             to_fetch[req.key] = query
+            if req.merge_params is not None:
+                mergeable[req.key] = req.merge_params
         elif value.get("resourceType") == "Bundle":
             raw[req.key] = bundle_resources(value)
             reports[req.key] = KeyReport("prefetch", received=len(raw[req.key]))
@@ -204,7 +211,7 @@ def assemble(service: Service, body: dict, now: dt.datetime, fetch: FetchSetting
     early = None
     if to_fetch:
         early = _EarlyReads(body, fetch, deadline, [*raw.values(), draft_orders(context)]) if body.get("fhirServer") else None
-        _fetch_all(to_fetch, body, fetch, raw, reports, fetches, deadline, early)
+        _fetch_all(to_fetch, mergeable, body, fetch, raw, reports, fetches, deadline, early)
     for req in service.plan.requirements:
         if req.derived_from:
             raw[req.key] = raw[req.derived_from]
@@ -293,8 +300,8 @@ def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, d
     return medications
 
 
-def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings, raw: dict[str, list[dict]],
-               reports: dict[str, KeyReport], fetches: list[FetchRecord], deadline: float,
+def _fetch_all(to_fetch: dict[str, str], mergeable: dict[str, frozenset[str]], body: dict, fetch: FetchSettings,
+               raw: dict[str, list[dict]], reports: dict[str, KeyReport], fetches: list[FetchRecord], deadline: float,
                early: _EarlyReads | None = None) -> None:
     server = body.get("fhirServer")
     if not server:
@@ -302,46 +309,72 @@ def _fetch_all(to_fetch: dict[str, str], body: dict, fetch: FetchSettings, raw: 
         raise DataUnavailable(
             f"prefetch key(s) {', '.join(keys)} missing and no fhirServer to fetch them from", keys)
     client = _client(body, fetch)
+    max_chars = 0 if fetch.merge_refusals.refuses(client.base) else fetch.merge_max_chars
+    searches = plan(to_fetch, mergeable, max_chars)
+    failures: dict[str, str] = {}
+    while searches:
+        refused = _run_searches(searches, client, fetch, raw, reports, fetches, failures, deadline, early)
+        if refused:
+            fetch.merge_refusals.refused(client.base)
+        # a merged search the server refused (a 400, or 414: too long): each key's own search
+        searches = [Search((key,), to_fetch[key]) for search in refused for key in search.keys]
+    if failures:
+        keys = sorted(failures)
+        detail = "; ".join(f"{k}: {failures[k]}" for k in keys)
+        raise DataUnavailable(f"required data could not be fetched ({detail})", keys, fetches)
+
+
+def _run_searches(searches: list[Search], client: FhirClient, fetch: FetchSettings, raw: dict[str, list[dict]],
+                  reports: dict[str, KeyReport], fetches: list[FetchRecord], failures: dict[str, str],
+                  deadline: float, early: _EarlyReads | None) -> list[Search]:
+    """Every search at once, each key's data, report and record filled; returns the merged
+    searches the server refused, to be sent again one key at a time."""
     started = time.monotonic()
+    elapsed: dict[Search, float] = {}  # per search, measured in its own thread
 
-    elapsed: dict[str, float] = {}  # per key, measured in its own thread
-
-    def run(key: str, target: str) -> list[dict]:
+    def run(search: Search) -> list[dict]:
+        target = search.target
         try:
+            # a merged search may page as far as its keys' own searches together
+            pages = fetch.max_pages * len(search.keys)
             if target.lower().startswith(("http://", "https://")):
-                found = client.follow(target, deadline)
+                found = client.follow(target, deadline, pages=pages)
             else:
-                found = client.query(target, deadline)
+                found = client.query(target, deadline, pages=pages)
         finally:
-            elapsed[key] = time.monotonic() - started
+            elapsed[search] = time.monotonic() - started
         if early is not None:
             early.answered(found)
         return found
 
-    futures = {key: fetch.executor.submit(run, key, target) for key, target in to_fetch.items()}
-    failures: dict[str, str] = {}
-    for key, future in futures.items():
+    futures = {search: fetch.executor.submit(run, search) for search in searches}
+    refused: list[Search] = []
+    for search, future in futures.items():
         try:
             # one grace for the whole call, not one per key
             resources = future.result(timeout=max(0.0, deadline + 0.05 - time.monotonic()))
         except FutureTimeout:
             future.cancel()
-            failures[key] = f"timed out after {fetch.timeout:.1f}s"
-            fetches.append(FetchRecord(key, "timeout", fetch.timeout))
+            for key in search.keys:
+                failures[key] = f"timed out after {fetch.timeout:.1f}s"
+                fetches.append(FetchRecord(key, "timeout", fetch.timeout))
             continue
         except FetchError as exc:
-            failures[key] = exc.reason
-            fetches.append(FetchRecord(key, exc.kind, elapsed[key]))
+            if len(search.keys) > 1 and exc.status in (400, 414):
+                refused.append(search)
+                continue
+            for key in search.keys:
+                failures[key] = exc.reason
+                fetches.append(FetchRecord(key, exc.kind, elapsed[search]))
             continue
-        previous = raw.get(key, [])
-        raw[key] = previous + resources
-        reports[key] = KeyReport("fetch" if not previous else "prefetch+fetch", received=len(raw[key]),
-                                 seconds=elapsed[key])
-        fetches.append(FetchRecord(key, "ok", elapsed[key]))
-    if failures:
-        keys = sorted(failures)
-        detail = "; ".join(f"{k}: {failures[k]}" for k in keys)
-        raise DataUnavailable(f"required data could not be fetched ({detail})", keys, fetches)
+        note = f"one search with {', '.join(search.keys)}" if len(search.keys) > 1 else None
+        for key in search.keys:
+            previous = raw.get(key, [])
+            raw[key] = previous + resources if previous else resources  # one list: the retrieves index it once
+            reports[key] = KeyReport("fetch" if not previous else "prefetch+fetch", received=len(raw[key]),
+                                     seconds=elapsed[search], note=note)
+            fetches.append(FetchRecord(key, "ok", elapsed[search]))
+    return refused
 
 
 def _request_data(service: Service, body: dict, now: dt.datetime, raw: dict[str, list[dict]],

@@ -26,12 +26,16 @@ from cds_service.errors import FetchError
 log = logging.getLogger(__name__)
 
 
-class IncludeRefusals:
-    """The fhirServer bases that refused `_include` (a 400), remembered for `ttl` seconds:
-    later calls send their medication searches without it, so such a server costs one
-    round trip per search, not a refusal and a second try each call. Bounded (the oldest
-    forgotten first); one per process, shared by its calls. A server upgraded meanwhile is
-    asked again once the entry expires."""
+class ServerRefusals:
+    """The fhirServer bases that refused something the service asks for by default (a 400),
+    remembered for `ttl` seconds, so that later calls leave it out at once: such a server
+    costs one round trip per search, not a refusal and a second try each call. Bounded (the
+    oldest forgotten first); one per process, shared by its calls. A server upgraded
+    meanwhile is asked again once the entry expires. The first refusal of a server is logged
+    (`event`, with its base URL: never patient data)."""
+
+    event = "fhir_refused"
+    message = "fhirServer refuses a search the service sends"
 
     def __init__(self, ttl: float = 3600.0, size: int = 1024, clock: Callable[[], float] = time.monotonic):
         self.ttl, self.size, self.clock = ttl, size, clock
@@ -55,9 +59,22 @@ class IncludeRefusals:
             self._since.move_to_end(base)
             while len(self._since) > self.size:
                 self._since.popitem(last=False)
-        if not known:  # a server's address, never patient data
-            log.info("fhirServer refuses _include; medication searches sent without it",
-                     extra={"event": "fhir_include_refused", "fhir_server": base, "seconds": self.ttl})
+        if not known:
+            log.info(self.message, extra={"event": self.event, "fhir_server": base, "seconds": self.ttl})
+
+
+class IncludeRefusals(ServerRefusals):
+    """Servers that refused `_include`: their medication searches are sent without it."""
+
+    event = "fhir_include_refused"
+    message = "fhirServer refuses _include; medication searches sent without it"
+
+
+class MergeRefusals(ServerRefusals):
+    """Servers that refused a merged search (data/_searches.py): one search per key for them."""
+
+    event = "fhir_merged_search_refused"
+    message = "fhirServer refuses a search merged for several keys; one search per key sent instead"
 
 
 class FhirClient:
@@ -73,29 +90,31 @@ class FhirClient:
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 
-    def query(self, relative: str, deadline: float | None = None) -> list[dict]:
+    def query(self, relative: str, deadline: float | None = None, pages: int | None = None) -> list[dict]:
         """Resources answering a read or search (relative to the base), all pages.
 
         A search asking for `_include` that the server refuses (400: some servers do not
         support it, or refuse every parameter they do not know) is sent again without it,
         and the server is remembered (`refusals`) so that later calls leave it out at once:
-        the Medications it would have brought are then read one by one (data/_medications.py)."""
+        the Medications it would have brought are then read one by one (data/_medications.py).
+        `pages`: how many pages may be followed (default max_pages)."""
         if self.refusals is not None and self.refusals.refuses(self.base):
             relative = without_include(relative)
         try:
-            return self.follow(f"{self.base}/{relative.lstrip('/')}", deadline, read=_is_read(relative))
+            return self.follow(f"{self.base}/{relative.lstrip('/')}", deadline, read=_is_read(relative), pages=pages)
         except FetchError as exc:
             plain = without_include(relative)
             if exc.status != 400 or plain == relative:
                 raise
             if self.refusals is not None:
                 self.refusals.refused(self.base)
-            return self.follow(f"{self.base}/{plain.lstrip('/')}", deadline)
+            return self.follow(f"{self.base}/{plain.lstrip('/')}", deadline, pages=pages)
 
-    def follow(self, url: str, deadline: float | None = None, read: bool = False) -> list[dict]:
+    def follow(self, url: str, deadline: float | None = None, read: bool = False, pages: int | None = None) -> list[dict]:
         deadline = deadline or time.monotonic() + self.timeout
         resources: list[dict] = []
-        for _ in range(self.max_pages):
+        pages = pages or self.max_pages
+        for _ in range(pages):
             if not self.on_server(url):
                 # The bearer token is for fhirServer only: never sent elsewhere.
                 raise FetchError("a next link points outside fhirServer; not followed", kind="other_server")
@@ -118,7 +137,7 @@ class FhirClient:
             if following is None:
                 return resources
             url = following
-        raise FetchError(f"more than {self.max_pages} pages", kind="too_many_pages")
+        raise FetchError(f"more than {pages} pages", kind="too_many_pages")
 
     def on_server(self, url: str) -> bool:
         """Same scheme, host and port as fhirServer, and a path under its base path, both

@@ -45,6 +45,7 @@ from cds_service.knowledge._templates import (
     TemplateError,
     build_template,
     check_template,
+    token_params,
 )
 from cds_service.knowledge._terminology import Terminology
 
@@ -590,6 +591,7 @@ class Compiler:
         if not sort_paths:
             sort_paths = date_filters[0].paths if date_filters else DEFAULT_DATE_PATHS.get(kind, ())
         template = self._template(dr, kind, code_filters, date_filters, element)
+        pattern = any(ext.get("url") == QUERY_PATTERN_EXT for ext in dr.get("extension") or [])
         empty = [cf.value_set.url for cf in code_filters if cf.is_empty and cf.value_set is not None]
         if len(self.problems) > before:
             return None
@@ -598,6 +600,7 @@ class Compiler:
             sort_paths=sort_paths, limit=dr.get("limit"), template=None if empty else template,
             skip_reason=f"value set {empty[0]} has no codes yet (add the site's codes)" if empty else None,
             element=element,
+            merge_params=None if pattern or kind == "Patient" else token_params(kind, tuple(code_filters)),
         )
 
     def _template(self, dr, kind, code_filters, date_filters, element) -> str | None:

@@ -62,6 +62,10 @@ class DataRequirement:
     skip_reason: str | None = None
     element: str = ""
     derived_from: str | None = None  # same query as that key, narrowed here by dates/limit
+    # The template's token-list parameters (code, status...) when build_template made it:
+    # its search may then be merged with others of the same shape. None: searched alone
+    # (a cqf-fhirQueryPattern template, whose parameters the retrieve may not re-apply).
+    merge_params: frozenset[str] | None = None
 
     @cached_property
     def selective_filter(self) -> CodeFilter | None:

@@ -119,9 +119,7 @@ def build_template(
     if resource_type == "Patient":
         return "Patient/{{context.patientId}}"
     params = [f"{PATIENT_PARAM}={{{{context.patientId}}}}"]
-    for cf in code_filters:
-        if resource_type in MEDICATION_RECORD_TYPES or not server_can_filter(cf):
-            continue  # fetched unfiltered by code; the retrieve filters by product here
+    for cf in _server_filters(resource_type, code_filters):
         params.append(f"{cf.search_param}={','.join(_filter_codes(cf))}")
     for df in date_filters:
         if df.search_param is None:
@@ -137,6 +135,19 @@ def build_template(
         # (a server that refuses the parameter is asked again without it: data/_fetch.py)
         params.append(f"_include={resource_type}:medication")
     return f"{resource_type}?" + "&".join(params)
+
+
+def token_params(resource_type: str, code_filters: tuple[CodeFilter, ...]) -> frozenset[str]:
+    """The parameters build_template makes of code filters: token lists, in which a comma
+    is OR, so that the searches of several requirements can be answered by one search whose
+    lists join theirs (data/_searches.py)."""
+    return frozenset(cf.search_param for cf in _server_filters(resource_type, code_filters))
+
+
+def _server_filters(resource_type: str, code_filters: tuple[CodeFilter, ...]) -> tuple[CodeFilter, ...]:
+    if resource_type in MEDICATION_RECORD_TYPES:
+        return ()  # fetched unfiltered by code; the retrieve filters by product here
+    return tuple(cf for cf in code_filters if server_can_filter(cf))
 
 
 def server_can_filter(cf: CodeFilter) -> bool:

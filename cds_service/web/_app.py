@@ -77,6 +77,9 @@ def create_app(
     secret = feedback.service_secret(settings, production)  # the production server stops without it
     if settings.suppress_scope not in ("patient", "patient+user"):
         raise ConfigurationError("setting suppress_scope (MM_CDS_SUPPRESS_SCOPE): must be patient or patient+user")
+    if settings.fetch_merge_max_chars < 0:
+        raise ConfigurationError("setting fetch_merge_max_chars (MM_CDS_FETCH_MERGE_MAX_CHARS): must be 0 (one search "
+                                 "per key) or more")
     writer = open_writer(settings)
     history = feedback.open_history(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
@@ -97,6 +100,7 @@ def create_app(
             timeout=settings.fetch_timeout,
             max_pages=settings.fetch_max_pages,
             max_bytes=settings.fetch_max_bytes,
+            merge_max_chars=settings.fetch_merge_max_chars,
         ),
         clock=clock or utc_now,
         security=guard,
