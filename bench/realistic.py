@@ -245,7 +245,7 @@ def main() -> None:
                            ("+50 ms per request, _include ignored (the Medications read)", "delay_50ms_reads")):
             f = fetch[key]
             print(f"\n(4) fetch path ({args.stub} stub), workload (a) 300, no prefetch, FHIR server answering {label}: {f['queries']} keys and "
-                  f"{f['medication_reads']} Medication reads per call in {f['gets']} GETs (merged searches, pages, reads), {f['cards']} cards; median {f['median_ms']:.0f} ms, "
+                  f"{f['medication_reads']} Medication reads (or _id searches) per call in {f['gets']} GETs, {f['cards']} cards; median {f['median_ms']:.0f} ms, "
                   f"p95 {f['p95_ms']:.0f} ms; the service's CPU {f['cpu_ms']:.1f} ms a call (load {f['load']})")
 
     out = ROOT / "bench" / "results"

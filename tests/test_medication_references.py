@@ -258,6 +258,73 @@ def test_an_ingredient_code_counts_for_value_set_membership(kb, fhir):
     assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 1
 
 
+ELRANATAMAB = {"system": RXNORM, "code": "2650269"}  # any code: these Medications resolve, whatever they are
+
+
+def _several_referenced(fhir) -> list[dict]:
+    """A chart whose administrations reference three Medications, on a server without _include."""
+    meds = [{"resourceType": "Medication", "id": f"m{i}", "code": {"coding": [TEC if i == 0 else ELRANATAMAB]}}
+            for i in range(3)]
+    chart = [PATIENT, *meds] + [administration(f"a{i}", f"Medication/m{i % 3}") for i in range(9)]
+    fhir.reset(chart)
+    fhir.ignore_include = True
+    return chart
+
+
+def _medication_gets(fhir) -> list[str]:
+    return [f"{r.path}?{r.query}" for r in fhir.requests if r.path.startswith("/fhir/Medication/")
+            or r.path == "/fhir/Medication"]
+
+
+def test_several_references_are_read_by_one_search_of_their_ids(kb, fhir):
+    app = create_app({"explain_enabled": True, "fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    _several_referenced(fhir)
+    response = app.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert _medication_gets(fhir) == ["/fhir/Medication?_id=m0,m1,m2"]
+    note = trace(response)["dataRequirements"]["bsabAdministrations"]["note"]
+    assert "9 resolved (0 contained, 0 in the Bundles (prefetched or fetched), 9 read from fhirServer)" in note
+    assert trace(response)["dataRequirements"]["tecAdministrations"]["count"] == 3
+    one_by_one = create_app({"explain_enabled": True, "fetch_timeout": 2.0, "fetch_merge_max_chars": 0}, kb=kb,
+                            clock=lambda: NOW)
+    fhir.requests.clear()
+    alone = one_by_one.test_client().post(SIGN + "?explain=1", json=with_server(order_sign(), fhir))
+    assert sorted(_medication_gets(fhir)) == [f"/fhir/Medication/m{i}?" for i in range(3)]
+    assert codes(alone) == codes(response)
+
+
+def test_a_medication_absent_from_the_search_is_unresolved_as_a_read_would_leave_it(kb, fhir):
+    app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    chart = _several_referenced(fhir)
+    fhir.reset([r for r in chart if r.get("id") != "m2"])
+    fhir.ignore_include = True  # reset forgets it
+    response = app.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert response.status_code == 412
+    assert "Medication/m2 could not be resolved" in response.get_json()["issue"][0]["diagnostics"]
+    assert _medication_gets(fhir) == ["/fhir/Medication?_id=m0,m1,m2"]
+
+
+def test_a_server_refusing_the_id_search_gets_each_read_and_is_remembered(kb, fhir, caplog):
+    app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    _several_referenced(fhir)
+    expected = codes(app.test_client().post(SIGN, json=with_server(order_sign(), fhir)))
+    refusing = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
+    fhir.fault = lambda req: (Response("_id not supported", status=400)
+                              if req.path == "/fhir/Medication" and "_id=" in req.query_string.decode() else None)
+    fhir.requests.clear()
+    with caplog.at_level("INFO", logger="cds_service.data._fetch"):
+        first = refusing.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+        first_gets = _medication_gets(fhir)
+        fhir.requests.clear()
+        second = refusing.test_client().post(SIGN, json=with_server(order_sign(), fhir))
+    assert first.status_code == second.status_code == 200, first.get_data(as_text=True)
+    assert codes(first) == codes(second) == expected
+    reads = sorted(f"/fhir/Medication/m{i}?" for i in range(3))
+    assert first_gets[0] == "/fhir/Medication?_id=m0,m1,m2" and sorted(first_gets[1:]) == reads
+    assert sorted(_medication_gets(fhir)) == reads  # the refusal remembered: read one by one at once
+    assert len([r for r in caplog.records if getattr(r, "event", None) == "fhir_merged_search_refused"]) == 1
+
+
 def test_an_unresolvable_reference_is_412_naming_the_key_and_the_reference(kb, fhir):
     app = create_app({"fetch_timeout": 2.0}, kb=kb, clock=lambda: NOW)
     fhir.reset([PATIENT, administration("a1", "Medication/gone")])

@@ -1,5 +1,5 @@
 """One search for several missing keys (data/_searches.py): the planner's cases as data
-(tests/cases/merged_searches.yaml), then the fetch path against the tests' FHIR server,
+(tests/cases/merged_searches.yaml, with the batching of Medication reads), then the fetch path against the tests' FHIR server,
 which applies every parameter itself: the merged searches must give every key the records
 its own search would have (the same counts after the retrieves, the same cards), stay
 within fetch_merge_max_chars, fail all their keys together, and be sent again one key at a
@@ -15,6 +15,7 @@ import yaml
 from werkzeug.wrappers import Response
 
 from cds_service import create_app, web
+from cds_service.data._medications import _batched
 from cds_service.data._searches import Search, plan
 from cds_service.errors import ConfigurationError
 
@@ -23,7 +24,8 @@ from .support.bench import bench_module
 from .support.cards import member_codes
 from .support.fhir_server import FhirServer, FhirStore
 
-CASES = yaml.safe_load((Path(__file__).parent / "cases" / "merged_searches.yaml").read_text())["cases"]
+TABLE = yaml.safe_load((Path(__file__).parent / "cases" / "merged_searches.yaml").read_text())
+CASES, READS = TABLE["cases"], TABLE["medication_reads"]
 SIGN = "/cds-services/mm-tcell-order-sign"
 SEARCH_TYPES = ("/fhir/Observation", "/fhir/Condition", "/fhir/ServiceRequest", "/fhir/Procedure")
 
@@ -33,6 +35,12 @@ def test_which_keys_one_search_answers(case):
     params = {key: frozenset(names) for key, names in case["params"].items()}
     searches = plan(case["fetch"], params, case["max_chars"])
     assert searches == [Search(tuple(s["keys"]), s["target"]) for s in case["expect"]]
+
+
+@pytest.mark.parametrize("case", READS, ids=[c["name"] for c in READS])
+def test_which_medication_references_one_search_reads(case):
+    singles, batches = _batched(case["refs"], case["max_chars"])
+    assert (singles, batches) == (case["singles"], [(kind, ids) for kind, ids in case["batches"]])
 
 
 def test_the_compiler_marks_the_searches_it_built_as_mergeable(kb):

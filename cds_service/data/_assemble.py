@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -230,7 +230,9 @@ def _client(body: dict, fetch: FetchSettings) -> FhirClient:
                       fetch.include_refusals)
 
 
-def _reader(body: dict, fetch: FetchSettings, deadline: float) -> Callable[[str], list[dict]]:
+def _medication_reads(body: dict, fetch: FetchSettings, deadline: float) -> MedicationReads:
+    """The call's reads of references, several of one type as one `_id` search, as merged
+    searches are (off for a server that refused either: FetchSettings.merge_refusals)."""
     server = body["fhirServer"]
     client = _client(body, fetch)
 
@@ -241,7 +243,12 @@ def _reader(body: dict, fetch: FetchSettings, deadline: float) -> Callable[[str]
             return client.follow(ref, deadline, read=True)
         return client.query(str(local_key(ref)), deadline)
 
-    return read
+    def search(kind: str, ids: list[str]) -> list[dict]:
+        return client.query(f"{kind}?_id={','.join(ids)}", deadline)
+
+    max_chars = 0 if fetch.merge_refusals.refuses(client.base) else fetch.merge_max_chars
+    return MedicationReads(read, fetch.executor, deadline, search, max_chars,
+                           refused=lambda: fetch.merge_refusals.refused(client.base))
 
 
 class _EarlyReads:
@@ -251,7 +258,7 @@ class _EarlyReads:
     orders) nor the key's own answer (`_include` entries) holds; each once per call."""
 
     def __init__(self, body: dict, fetch: FetchSettings, deadline: float, given: list[list[dict]]):
-        self.reads = MedicationReads(_reader(body, fetch, deadline), fetch.executor, deadline)
+        self.reads = _medication_reads(body, fetch, deadline)
         self.known = set(Medications(r for resources in given for r in resources).by_key)
         self.started: set[str] = set()
         self._lock = threading.Lock()
@@ -283,7 +290,6 @@ def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, d
     medications = Medications(r for resources in lists for r in resources)
     if not body.get("fhirServer"):
         return medications
-    read = _reader(body, fetch, deadline)
     tried: set[str] = set()
     if early is not None:
         medications.add(early.reads.collect(), from_server=True)
@@ -294,7 +300,7 @@ def _medications(body: dict, raw: dict[str, list[dict]], fetch: FetchSettings, d
         if not wanted or time.monotonic() >= deadline:
             break
         tried |= wanted
-        reads = MedicationReads(read, fetch.executor, deadline)
+        reads = _medication_reads(body, fetch, deadline)
         medications.add(reads.run(wanted), from_server=True)
         fetches.extend(FetchRecord("Medication", outcome, seconds) for outcome, seconds in reads.outcomes)
     return medications

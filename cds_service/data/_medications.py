@@ -12,7 +12,10 @@ Where a Medication is looked for, in order:
   any Medication in the request: a prefetched or fetched Bundle (`_include` results too),
   the draft orders
   a read of Medication/{id} from fhirServer (bearer token), each id at most once per
-  call, concurrently, inside the call's deadline; absolute references only on fhirServer
+  call, concurrently, inside the call's deadline; absolute references only on fhirServer.
+  Several relative references of one type found together are read by one search
+  (`Medication?_id=a,b,c`; what is absent from its answer is what a read would not find),
+  unless the server refuses it (then each is read, and the server remembered)
 A MedicationAdministration with no medication of its own takes that of its `request`
 (the MedicationRequest in the request data, else read). A reference that cannot be
 resolved is missing data: the call answers 412 naming the keys whose records hold it.
@@ -221,11 +224,17 @@ class MedicationReads:
 
     `run(wanted)` reads and waits; `start(refs)` only submits (from any thread), and
     `collect()` waits for everything started: reads begin as soon as a key's search
-    answers, while the other keys are still being fetched."""
+    answers, while the other keys are still being fetched. With `search` (type, ids ->
+    resources), the relative references of one type started together are one search of
+    at most `max_chars` characters; `refused` is told when the server answers it 400, and
+    its references are then read one by one."""
 
-    def __init__(self, read: Callable[[str], list[dict]], executor: Executor, deadline: float):
+    def __init__(self, read: Callable[[str], list[dict]], executor: Executor, deadline: float,
+                 search: Callable[[str, list[str]], list[dict]] | None = None, max_chars: int = 0,
+                 refused: Callable[[], None] | None = None):
         self.read, self.executor, self.deadline = read, executor, deadline
-        self.outcomes: list[tuple[str, float]] = []  # (outcome kind, seconds) per read
+        self.search, self.max_chars, self.refused = search, max_chars, refused
+        self.outcomes: list[tuple[str, float]] = []  # (outcome kind, seconds) per read or search
         self._futures: list = []
 
     def _one(self, ref: str) -> list[dict]:
@@ -238,8 +247,24 @@ class MedicationReads:
             self.outcomes.append((exc.kind, time.monotonic() - started))
             return []
 
+    def _some(self, kind: str, ids: list[str]) -> list[dict]:
+        started = time.monotonic()
+        try:
+            found = self.search(kind, ids)  # type: ignore[misc]  # only batched with a search
+            self.outcomes.append(("ok", time.monotonic() - started))
+            return found
+        except FetchError as exc:
+            if exc.status != 400:
+                self.outcomes.append((exc.kind, time.monotonic() - started))
+                return []
+        if self.refused is not None:
+            self.refused()
+        return [r for rid in ids for r in self._one(f"{kind}/{rid}")]
+
     def start(self, refs: Iterable[str]) -> None:
-        futures = [self.executor.submit(self._one, ref) for ref in sorted(refs)]
+        singles, batches = _batched(sorted(refs), self.max_chars if self.search is not None else 0)
+        futures = [self.executor.submit(self._one, ref) for ref in singles]
+        futures += [self.executor.submit(self._some, kind, ids) for kind, ids in batches]
         self._futures.extend(futures)  # one list extended at once: safe from several fetch threads
 
     def collect(self) -> list[dict]:
@@ -256,3 +281,28 @@ class MedicationReads:
     def run(self, wanted: set[str]) -> list[dict]:
         self.start(wanted)
         return self.collect()
+
+
+def _batched(refs: list[str], max_chars: int) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The references read alone, and (type, ids) searches of two or more relative ones,
+    each `Type?_id=...` at most `max_chars` long (0: every reference alone)."""
+    by_type: dict[str, list[str]] = {}
+    singles: list[str] = []
+    for ref in refs:
+        key = local_key(ref)
+        if max_chars <= 0 or key is None or ref.lower().startswith(("http://", "https://")) or ref != key:
+            singles.append(ref)  # absolute, versioned or odd: read as it is written
+            continue
+        kind, rid = key.split("/")
+        by_type.setdefault(kind, []).append(rid)
+    batches: list[tuple[str, list[str]]] = []
+    for kind, ids in by_type.items():
+        chunk: list[str] = []
+        for rid in ids:
+            if chunk and len(f"{kind}?_id={','.join([*chunk, rid])}") > max_chars:
+                batches.append((kind, chunk))
+                chunk = []
+            chunk.append(rid)
+        batches.append((kind, chunk))
+    singles += [f"{kind}/{ids[0]}" for kind, ids in batches if len(ids) == 1]
+    return singles, [(kind, ids) for kind, ids in batches if len(ids) > 1]

@@ -118,7 +118,9 @@ class Harness:
             assert response.status_code == 200, f"HTTP {response.status_code}: {response.text}"
             result = response.json()
             result["_fetched"] = len(self.fhir.requests)
-            result["_medication_reads"] = sum(1 for r in self.fhir.requests if r.path.startswith("/fhir/Medication/"))
+            # reads (Medication/<id>) and searches of several (Medication?_id=...)
+            result["_medication_reads"] = sum(1 for r in self.fhir.requests if r.path.startswith("/fhir/Medication/")
+                                              or (r.path == "/fhir/Medication" and "_id=" in r.query))
             return result
 
 
