@@ -71,10 +71,10 @@ def plan(to_fetch: Mapping[str, str], merge_params: Mapping[str, frozenset[str]]
                 merged.lists = lists
                 merged.keys.append(key)
                 continue
-        lists_names = shape[2]
+        list_names = shape[2]  # the token lists this shape joins
         merged = _Merged(kind, tuple(name for name, _ in params),
-                         {name: value for name, value in params if name not in lists_names},
-                         {name: [] for name in lists_names}, [key])
+                         {name: value for name, value in params if name not in list_names},
+                         {name: [] for name in list_names}, [key])
         merged.lists = merged.joined(params)
         open_by_shape[shape] = merged
         slots.append(merged)
