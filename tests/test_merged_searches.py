@@ -15,6 +15,7 @@ import yaml
 from werkzeug.wrappers import Response
 
 from cds_service import create_app, web
+from cds_service.data._http import sent_length
 from cds_service.data._medications import _batched
 from cds_service.data._searches import Search, plan
 from cds_service.errors import ConfigurationError
@@ -97,7 +98,7 @@ def test_merged_searches_give_every_key_what_its_own_search_gives(kb, workload, 
     assert _counts(merged) == _counts(alone) and sum(_counts(alone).values()) > 0
     # 35 code-filtered searches of four types are a handful, each within the limit
     assert len(sent["one per key"]) == 35 and len(sent["merged"]) <= 8, sent["merged"]
-    assert all(len(s.split("/fhir/", 1)[1]) <= 2000 for s in sent["merged"])
+    assert all(sent_length(s.split("/fhir/", 1)[1]) <= 2000 for s in sent["merged"])  # as sent, encoded
     notes = [r.get("note", "") for r in merged.get_json()["extension"]["org.myeloma-cds.explain"]["dataRequirements"].values()]
     assert any(note.startswith("one search with ") for note in notes)
     for app in apps.values():
@@ -125,22 +126,30 @@ def test_a_server_that_refuses_a_merged_search_gets_each_key_alone_from_then_on(
     chart, ctx = workload
     app = _app(kb)
     own = plan({r.key: r.template for r in kb.services["mm-tcell-order-sign"].plan.requirements if r.template}, {}, 0)
-    limit = max(len(s.target) for s in own) + 40  # every key's own search passes (its patient id is longer)
+    # every key's own search passes (as sent; its token is longer than the patient id it becomes)
+    limit = max(sent_length(s.target.split("?", 1)[-1]) for s in own)
     with FhirServer(FhirStore(chart), page_size=20) as fhir:
         expected = member_codes(_call(app, fhir, ctx).get_json()["cards"])
         refused_app = _app(kb)
-        fhir.fault = lambda req: (Response("URI too long", status=414)
-                                  if len(req.query_string) > limit else None)
+        too_long: list[bytes] = []
+
+        def short_urls_only(req):
+            if len(req.query_string) <= limit:
+                return None
+            too_long.append(req.query_string)
+            return Response("URI too long", status=414)
+
+        fhir.fault = short_urls_only
         fhir.requests.clear()
         with caplog.at_level("INFO", logger="cds_service.data._fetch"):
             first = _call(refused_app, fhir, ctx)
-            first_sent = _searches(fhir)
+            refused_first = len(too_long)
             fhir.requests.clear()
             second = _call(refused_app, fhir, ctx)
             second_sent = _searches(fhir)
     assert first.status_code == second.status_code == 200, first.get_data(as_text=True)
     assert member_codes(first.get_json()["cards"]) == member_codes(second.get_json()["cards"]) == expected
-    assert any(len(s) > limit for s in first_sent)  # merged, refused, then sent alone
+    assert refused_first > 0 and len(too_long) == refused_first  # merged and refused; the next call sends none
     assert len(second_sent) == len([s for s in own if s.target.startswith(tuple(t[6:] for t in SEARCH_TYPES))])
     refusals = [r for r in caplog.records if getattr(r, "event", None) == "fhir_merged_search_refused"]
     assert len(refusals) == 1 and refusals[0].fhir_server == fhir.base

@@ -212,6 +212,12 @@ _NOT_IN_TARGET = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+def sent_length(text: str) -> int:
+    """How long `text` is on the request line: what _target percent-encodes counted as sent
+    (a token search's `|` is three characters there)."""
+    return len(text) + sum(3 * len(c.encode()) - 1 for c in _NOT_IN_TARGET.findall(text))
+
+
 def _target(parts: SplitResult) -> str:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if _BAD_PERCENT.search(target):

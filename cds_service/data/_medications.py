@@ -31,6 +31,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from cds_service.data._http import sent_length
 from cds_service.errors import FetchError
 
 MEDICATION_TYPES = ("MedicationRequest", "MedicationAdministration", "MedicationStatement", "MedicationDispense")
@@ -299,7 +300,7 @@ def _batched(refs: list[str], max_chars: int) -> tuple[list[str], list[tuple[str
     for kind, ids in by_type.items():
         chunk: list[str] = []
         for rid in ids:
-            if chunk and len(f"{kind}?_id={','.join([*chunk, rid])}") > max_chars:
+            if chunk and sent_length(f"{kind}?_id={','.join([*chunk, rid])}") > max_chars:
                 batches.append((kind, chunk))
                 chunk = []
             chunk.append(rid)

@@ -11,9 +11,9 @@ one of their token lists (patient, dates, `_include`); the token lists (code, st
 intent, vaccine-code) are joined, a comma being OR in FHIR search. Each key then receives
 the merged answer, a superset of its own.
 
-A merged search stays within `max_chars` (the search without the server's base URL; some
-servers refuse a query string over 2,048 bytes): the keys that would make it longer start
-another. `max_chars` 0 sends one search per key. A search whose parameters cannot be read
+A merged search stays within `max_chars` (the search without the server's base URL, as
+sent: percent-encoding included; some servers refuse a query string over 2,048 bytes): the
+keys that would make it longer start another. `max_chars` 0 sends one search per key. A search whose parameters cannot be read
 (a read, a next-page URL, a repeated parameter) is sent alone and unchanged.
 """
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from cds_service.data._http import sent_length
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def plan(to_fetch: Mapping[str, str], merge_params: Mapping[str, frozenset[str]]
         merged = open_by_shape.get(shape)
         if merged is not None:
             lists = merged.joined(params)
-            if len(merged.target(lists)) <= max_chars:
+            if sent_length(merged.target(lists)) <= max_chars:
                 merged.lists = lists
                 merged.keys.append(key)
                 continue
