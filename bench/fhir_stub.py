@@ -1,7 +1,7 @@
 """Serve a chart (a JSON list of resources) from the tests' loopback FHIR server, in a
 process of its own, so its CPU does not compete with the service under measurement.
 
-    python bench/fhir_stub.py CHART.json DELAY_SECONDS [keepalive|close] [include|ignore]
+    python bench/fhir_stub.py CHART.json DELAY_SECONDS [keepalive|close] [include|ignore] [PAGE_SIZE]
                                                  (prints the base URL, then serves)
 
 The search logic and the HTTP/1.1 keep-alive serving are the tests'
@@ -20,6 +20,7 @@ stub measures the service, not itself:
 DELAY_SECONDS is added to every request, reads included, before it is answered. `include`
 (the default): a search's `_include` is answered, as the service's medication searches ask;
 `ignore`: left out, as a server without it does, so every referenced Medication is read.
+PAGE_SIZE (1000 by default): entries per page of a search, next links beyond.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from tests.support.fhir_server import FhirServer, FhirStore  # noqa: E402
 class RememberingFhirServer(FhirServer):
     """The tests' server, each distinct (path, query, token) answered from memory after the first time."""
 
-    def __init__(self, store: FhirStore) -> None:
-        super().__init__(store, page_size=1000)
+    def __init__(self, store: FhirStore, page_size: int = 1000) -> None:
+        super().__init__(store, page_size=page_size)
         self._answers: dict[tuple[str, str, str], Response] = {}
         self._answers_lock = threading.Lock()
 
@@ -65,14 +66,15 @@ class RememberingFhirServer(FhirServer):
 
 
 @contextmanager
-def running(chart: list[dict], delay: float, mode: str = "keepalive", include: bool = True) -> Iterator[str]:
+def running(chart: list[dict], delay: float, mode: str = "keepalive", include: bool = True,
+            page_size: int = 1000) -> Iterator[str]:
     """This stub in a process of its own, serving `chart` (written to a file it reads): its
     base URL. `include`: `_include` answered (False: ignored, so every referenced Medication is read)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chart.json"
         path.write_text(json.dumps(chart))
-        stub = subprocess.Popen([sys.executable, __file__, str(path), str(delay), mode, "include" if include else "ignore"],
-                                stdout=subprocess.PIPE, text=True)
+        stub = subprocess.Popen([sys.executable, __file__, str(path), str(delay), mode, "include" if include else "ignore",
+                                 str(page_size)], stdout=subprocess.PIPE, text=True)
         try:
             yield stub.stdout.readline().strip()  # type: ignore[union-attr]
         finally:
@@ -80,9 +82,9 @@ def running(chart: list[dict], delay: float, mode: str = "keepalive", include: b
             stub.wait(10)
 
 
-def serve(chart: list[dict], delay: float, mode: str, include: bool = True) -> None:
+def serve(chart: list[dict], delay: float, mode: str, include: bool = True, page_size: int = 1000) -> None:
     if mode == "keepalive":
-        fhir: FhirServer = RememberingFhirServer(FhirStore(chart))
+        fhir: FhirServer = RememberingFhirServer(FhirStore(chart), page_size)
         fhir.delay = delay
         fhir.ignore_include = not include
         with fhir:
@@ -90,7 +92,7 @@ def serve(chart: list[dict], delay: float, mode: str, include: bool = True) -> N
             while True:
                 time.sleep(3600)
     elif mode == "close":
-        fhir = FhirServer(FhirStore(chart), page_size=1000)
+        fhir = FhirServer(FhirStore(chart), page_size=page_size)
         fhir.delay = delay
         fhir.ignore_include = not include
         server = make_server("127.0.0.1", 0, fhir._wsgi, threaded=True)
@@ -107,4 +109,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 4 and sys.argv[4] not in ("include", "ignore"):
         raise SystemExit(f"fhir_stub.py: {sys.argv[4]!r}: include or ignore")
     serve(json.loads(Path(sys.argv[1]).read_text()), float(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "keepalive",
-          include=len(sys.argv) <= 4 or sys.argv[4] == "include")
+          include=len(sys.argv) <= 4 or sys.argv[4] == "include", page_size=int(sys.argv[5]) if len(sys.argv) > 5 else 1000)
