@@ -40,13 +40,21 @@ class _Merged:
     fixed: dict[str, str]  # the parameters every key has with the same value
     lists: dict[str, list[str]]  # the token lists, joined (each token once, in order)
     keys: list[str] = field(default_factory=list)
+    length: int = 0  # of target() as sent (sent_length), kept as tokens join
 
-    def joined(self, params: list[tuple[str, str]]) -> dict[str, list[str]]:
+    def joined(self, params: list[tuple[str, str]]) -> tuple[dict[str, list[str]], int]:
+        """The lists with `params`' tokens joined, and how much longer that makes the search."""
         lists = {name: list(tokens) for name, tokens in self.lists.items()}
+        grown = 0
         for name, value in params:
-            if name in lists:
-                lists[name].extend(t for t in value.split(",") if t not in lists[name])
-        return lists
+            tokens = lists.get(name)
+            if tokens is None:
+                continue
+            for token in value.split(","):
+                if token not in tokens:
+                    grown += sent_length(token) + (1 if tokens else 0)  # and its comma
+                    tokens.append(token)
+        return lists, grown
 
     def target(self, lists: dict[str, list[str]] | None = None) -> str:
         lists = self.lists if lists is None else lists
@@ -68,16 +76,17 @@ def plan(to_fetch: Mapping[str, str], merge_params: Mapping[str, frozenset[str]]
         kind, params, shape = parsed
         merged = open_by_shape.get(shape)
         if merged is not None:
-            lists = merged.joined(params)
-            if sent_length(merged.target(lists)) <= max_chars:
-                merged.lists = lists
+            lists, grown = merged.joined(params)
+            if merged.length + grown <= max_chars:
+                merged.lists, merged.length = lists, merged.length + grown
                 merged.keys.append(key)
                 continue
         list_names = shape[2]  # the token lists this shape joins
         merged = _Merged(kind, tuple(name for name, _ in params),
                          {name: value for name, value in params if name not in list_names},
                          {name: [] for name in list_names}, [key])
-        merged.lists = merged.joined(params)
+        merged.lists = merged.joined(params)[0]
+        merged.length = sent_length(merged.target())
         open_by_shape[shape] = merged
         slots.append(merged)
     return [slot if isinstance(slot, Search) else
