@@ -24,11 +24,12 @@ from .conftest import NOW
 from .support.bench import bench_module
 from .support.cards import member_codes
 from .support.fhir_server import FhirServer, FhirStore
+from .test_fetch import with_server
 
 TABLE = yaml.safe_load((Path(__file__).parent / "cases" / "merged_searches.yaml").read_text())
 CASES, READS = TABLE["cases"], TABLE["medication_reads"]
 SIGN = "/cds-services/mm-tcell-order-sign"
-SEARCH_TYPES = ("/fhir/Observation", "/fhir/Condition", "/fhir/ServiceRequest", "/fhir/Procedure")
+SEARCHED = ("Observation", "Condition", "ServiceRequest", "Procedure")  # the types with code-filtered keys
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -61,10 +62,8 @@ def workload():
 
 
 def _call(app, fhir: FhirServer, ctx: dict):
-    body = {"hook": "order-sign", "hookInstance": "9f3c1f1e-5d0f-4a57-9a55-0d8b8a3e2c11", "context": ctx,
-            "fhirServer": fhir.base, "fhirAuthorization": {"access_token": "test-token", "token_type": "Bearer",
-                                                          "expires_in": 300, "scope": "user/*.read", "subject": "t"}}
-    return app.test_client().post(SIGN + "?explain=1", json=body)
+    body = {"hook": "order-sign", "hookInstance": "9f3c1f1e-5d0f-4a57-9a55-0d8b8a3e2c11", "context": ctx}
+    return app.test_client().post(SIGN + "?explain=1", json=with_server(body, fhir))
 
 
 def _app(kb, **settings):
@@ -73,8 +72,8 @@ def _app(kb, **settings):
 
 
 def _searches(fhir: FhirServer) -> list[str]:
-    return [f"{r.path}?{unquote(r.query)}" for r in fhir.requests if r.path.startswith(SEARCH_TYPES)
-            and "_offset" not in r.query]
+    return [f"{r.path}?{unquote(r.query)}" for r in fhir.requests
+            if r.path.removeprefix("/fhir/") in SEARCHED and "_offset" not in r.query]
 
 
 def _counts(response) -> dict[str, int]:
@@ -150,7 +149,7 @@ def test_a_server_that_refuses_a_merged_search_gets_each_key_alone_from_then_on(
     assert first.status_code == second.status_code == 200, first.get_data(as_text=True)
     assert member_codes(first.get_json()["cards"]) == member_codes(second.get_json()["cards"]) == expected
     assert refused_first > 0 and len(too_long) == refused_first  # merged and refused; the next call sends none
-    assert len(second_sent) == len([s for s in own if s.target.startswith(tuple(t[6:] for t in SEARCH_TYPES))])
+    assert len(second_sent) == len([s for s in own if s.target.split("?", 1)[0] in SEARCHED])
     refusals = [r for r in caplog.records if getattr(r, "event", None) == "fhir_merged_search_refused"]
     assert len(refusals) == 1 and refusals[0].fhir_server == fhir.base
     for used in (app, refused_app):
