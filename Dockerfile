@@ -2,17 +2,22 @@
 #   docker build -t mm-cds:local .
 # Two stages: the first builds the wheel, which carries the knowledge (plandefinitions/,
 # valuesets/), the try-it page and its scenarios with the example site (setup.py,
-# docs/packaging.md); the second installs that wheel, not the source tree, with its
-# dependencies held to requirements.lock, and runs it as an unprivileged user.
+# docs/packaging.md), and the request path's hottest modules compiled with mypyc
+# (cds_service/_native.py: a C compiler and mypy, in this stage only); the second installs
+# that wheel, not the source tree, with its dependencies held to requirements.lock, and runs
+# it as an unprivileged user.
 FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY requirements.lock pyproject.toml setup.py MANIFEST.in README.md ./
+RUN pip install --no-cache-dir -c requirements.lock mypy setuptools
+ENV MM_CDS_COMPILE=1
 COPY cds_service ./cds_service
 COPY plandefinitions ./plandefinitions
 COPY valuesets ./valuesets
 COPY tests/scenarios ./tests/scenarios
 COPY examples/site ./examples/site
-RUN pip wheel --no-cache-dir --no-deps -w dist .
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation -w dist .
 
 FROM python:3.11-slim
 WORKDIR /app

@@ -1,6 +1,10 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
 # make test    run the whole test suite (what CI runs): make lint, then every test, on every
-#              core (pytest-xdist; PYTEST_WORKERS=1 runs it in one process; docs/testing.md)
+#              core (pytest-xdist; PYTEST_WORKERS=1 runs it in one process; docs/testing.md),
+#              then the quick loop again on the compiled modules (make native), leaving the
+#              checkout as Python (make pure)
+# make native  compile the request path's hottest modules with mypyc, as the image does
+#              (cds_service/_native.py; needs a C compiler); make pure removes them
 # make lint    ruff, mypy and the import-linter contracts (the layers)
 # make check   the quick loop (under a minute): the suite without the slow, gunicorn, browser,
 #              postgres, fuzz and nginx tests (markers in pyproject.toml), on every core too
@@ -14,7 +18,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve serve-prod serve-proxy test check lint validate bench bench-workloads lock clean
+.PHONY: serve serve-prod serve-proxy test check lint validate bench bench-workloads lock clean native pure
 
 # The exact pins of requirements.lock, then the project itself (editable, no dependencies of its own).
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -46,8 +50,15 @@ serve-proxy: $(VENV)/.installed
 PYTEST_WORKERS ?= auto
 PYTEST_PARALLEL = $(if $(filter 1,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
+QUICK := -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
+
+# MM_CDS_EXPECT_NATIVE tells tests/test_native.py which build it must find.
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+	$(MAKE) --no-print-directory pure
+	MM_CDS_EXPECT_NATIVE=0 $(BIN)/python -m pytest $(PYTEST_PARALLEL)
+	$(MAKE) --no-print-directory native
+	MM_CDS_EXPECT_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(QUICK)
+	$(MAKE) --no-print-directory pure
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check cds_service tests bench examples deploy setup.py
@@ -55,7 +66,15 @@ lint: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 
 check: $(VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(QUICK)
+
+# The image's build of the same source (setup.py, cds_service/_native.py): extension modules
+# beside their sources, which Python then imports instead; start-up refuses them once a
+# source changes. pure: back to the source alone.
+native: $(VENV)/.installed
+	MM_CDS_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+pure:
+	rm -f cds_service/*/*.so cds_service/*.so cds_service_native__mypyc*.so cds_service/_native_build.json
 
 validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate
@@ -63,8 +82,9 @@ validate: $(VENV)/.installed
 bench: bench-workloads
 	$(BIN)/python bench/run.py
 
-bench-workloads: $(VENV)/.installed
+# The production build: compiled (bench/README.md); the header says which build ran.
+bench-workloads: native
 	$(BIN)/python bench/realistic.py
 
-clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+clean: pure
+	rm -rf $(VENV) *.egg-info .pytest_cache build

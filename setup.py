@@ -6,14 +6,23 @@ they are written for in examples/site/. A wheel must carry them, so build_py cop
 into the package as cds_service/_bundled/{plandefinitions,valuesets,scenarios,site}, where
 cds_service/config.py finds them at run time. An editable install (a checkout) gets no
 copy: config.py then reads the source tree's folders.
+
+With MM_CDS_COMPILE=1 (the image's build stage, `make native`), the request path's hottest
+modules (cds_service/_native.py) are also compiled with mypyc, and build_ext writes the
+record of their sources that start-up checks against.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import runpy
 import shutil
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -52,4 +61,31 @@ class BuildPyWithKnowledge(build_py):
         settings.write_text(text.replace(SITE_IN_CHECKOUT, SITE_IN_PACKAGE))
 
 
-setup(cmdclass={"build_py": BuildPyWithKnowledge})
+# Read from its path: the package's dependencies are not installed when a wheel is built.
+NATIVE = runpy.run_path(str(HERE / "cds_service" / "_native.py"))
+COMPILE = os.environ.get("MM_CDS_COMPILE", "") == "1"
+
+
+class BuildExtWithRecord(build_ext):
+    def run(self) -> None:
+        super().run()
+        if not COMPILE:
+            return
+        import mypy.version
+
+        # The package's folder in this build's output: the source tree with --inplace.
+        root = Path(self.get_ext_fullpath(NATIVE["MODULES"][0])).parents[1]
+        content = NATIVE["record"](HERE / "cds_service", f"mypyc {mypy.version.__version__}")
+        (root / NATIVE["RECORD"]).write_text(json.dumps(content, indent=1) + "\n")
+
+
+def _compiled() -> list[Any]:
+    if not COMPILE:
+        return []
+    from mypyc.build import mypycify
+
+    return mypycify([str(NATIVE["source_path"](Path("cds_service"), m)) for m in NATIVE["MODULES"]],
+                    opt_level="3", group_name="cds_service_native")
+
+
+setup(cmdclass={"build_py": BuildPyWithKnowledge, "build_ext": BuildExtWithRecord}, ext_modules=_compiled())

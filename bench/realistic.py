@@ -66,7 +66,7 @@ from run import (  # noqa: E402
 )
 from workloads import NOW, SIZES, WORKLOADS, chart, context, request  # noqa: E402
 
-from cds_service import create_app  # noqa: E402
+from cds_service import _native, create_app  # noqa: E402
 from cds_service.service import call as call_hook  # noqa: E402
 
 # 32 clients at a pace (bench/paced.py): about 35% and 65% of the production server's capacity here
@@ -211,9 +211,12 @@ def main() -> None:
         print(profile(app, args.profile, args.resources, args.calls))
         return
     start = reference_now()
+    compiled = _native.check()  # the production image's build is compiled (make native)
     results: dict = {"machine": machine(start), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "reference_ms": {"start": start}}
-    print(f"machine: {results['machine']}\n")
+                     "reference_ms": {"start": start}, "compiled_modules": list(compiled)}
+    build = f"{len(compiled)} modules compiled (mypyc), as in the image" if compiled else \
+        f"Python only (the image compiles {len(_native.MODULES)} modules: make native)"
+    print(f"machine: {results['machine']}\nrequest path: {build}\n")
 
     results["in_process"] = rows = in_process(app, args.calls)
     print("(1) in process, one hook call (CPU ms of this process)")

@@ -56,12 +56,15 @@ def element_values(resource: Any, path: str) -> list[Any]:
     return current
 
 
-_NOT_SINGLE: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())  # marks a dotted path in _single
+# A dotted path's entry in _single has no keys. Tested by its emptiness, not by identity with
+# a marker: compiled (cds_service/_native.py), a tuple of this shape is a C struct, boxed
+# anew wherever it becomes an object, so `is` would never match.
+_NOT_SINGLE: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
 _single: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
 
 
 def _one_step(path: str) -> tuple[tuple[str, ...], frozenset[str]]:
-    """A one-segment path's step (see _steps), or _NOT_SINGLE for a dotted one."""
+    """A one-segment path's step (see _steps), or _NOT_SINGLE (no keys) for a dotted one."""
     step = _single.get(path)
     if step is None:
         steps = _steps(path)
@@ -75,7 +78,7 @@ def path_codings(resource: dict, path: str) -> list[Coding]:
     one-segment paths of the retrieves' code filters ("code", "medication", "status")
     read without the general walk (thousands of records per call)."""
     step = _one_step(path)
-    if step is _NOT_SINGLE:
+    if not step[0]:
         return [c for v in element_values(resource, path) for c in codings(v)]
     keys, candidates = step
     hits = candidates.intersection(resource)
@@ -143,7 +146,7 @@ def first_date(resource: dict, paths: tuple[str, ...]) -> dt.date | None:
     "authoredOn": the sort of every dated retrieve) is read without the general walk."""
     for path in paths:
         step = _one_step(path)
-        if step is _NOT_SINGLE or not isinstance(resource, dict):
+        if not step[0] or not isinstance(resource, dict):
             values = element_values(resource, path)
         else:
             keys, candidates = step

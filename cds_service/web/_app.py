@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
 
-from cds_service import config, feedback, fhirpath, knowledge, ops, security, service
+from cds_service import _native, config, feedback, fhirpath, knowledge, ops, security, service
 from cds_service.data import FetchSettings, HttpTransport, Transport
 from cds_service.errors import ConfigurationError
 from cds_service.feedback import open_writer
@@ -28,6 +29,8 @@ from cds_service.web import (
     _ui,
 )
 from cds_service.web._state import Clock, State, install
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> dt.datetime:
@@ -69,6 +72,9 @@ def create_app(
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
+    compiled = _native.check()  # a compiled module that is not its source stops start-up
+    log.info("request path modules: " + (f"{len(compiled)} compiled" if compiled else "Python"),
+             extra={"event": "native_modules", "compiled": list(compiled)})
     security_config = security.load(settings)
     ops.admin_token(settings)  # a malformed reload credential stops start-up
     kb = kb or knowledge.load(settings.directories, settings.canonical_base, settings.prefetch_date_tokens)
