@@ -19,7 +19,8 @@ prefers an extension module to the source beside it, so a checkout edited after
 start-up, naming the module and the command that fixes it.
 
 Imported by setup.py from its path (before the package's dependencies are installed): the
-standard library only at import time.
+standard library only, and its own exception, which create_app turns into the package's
+ConfigurationError.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ MODULES = (
 )
 RECORD = "_native_build.json"
 FIX = "run `make native` to compile them again, or `make pure` to run the source"
+
+
+class BuildMismatch(Exception):
+    """The compiled modules are not the build of the sources beside them."""
 
 
 def source_path(package_root: Path, module: str) -> Path:
@@ -64,24 +69,22 @@ def compiled(module: str) -> bool:
 
 
 def check(package_root: Path | None = None, is_compiled: Callable[[str], bool] | None = None) -> tuple[str, ...]:
-    """The compiled modules of MODULES (empty: all Python). Raises ConfigurationError when
+    """The compiled modules of MODULES (empty: all Python). Refuses them when
     one was compiled from another source than the one beside it, when the build record is
-    missing or unreadable, or when only some of them are compiled."""
-    from cds_service.errors import ConfigurationError  # the package's, once it is installed
-
+    missing or unreadable, or when only some of them are compiled: raises BuildMismatch."""
     root = package_root or Path(__file__).resolve().parent
     native = tuple(m for m in MODULES if (is_compiled or compiled)(m))
     if not native:
         return native
     if len(native) != len(MODULES):
         python = ", ".join(m for m in MODULES if m not in native)
-        raise ConfigurationError(f"compiled modules: only some are compiled ({python} run as Python); {FIX}")
+        raise BuildMismatch(f"compiled modules: only some are compiled ({python} run as Python); {FIX}")
     try:
         hashes = json.loads((root / RECORD).read_text())["modules"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"compiled modules: {root / RECORD} unreadable ({exc}); {FIX}") from None
+        raise BuildMismatch(f"compiled modules: {root / RECORD} unreadable ({exc}); {FIX}") from None
     for module in native:
         source = source_path(root, module)
         if source.exists() and hashes.get(module) != source_hash(source):
-            raise ConfigurationError(f"compiled modules: {source} changed since {module} was compiled; {FIX}")
+            raise BuildMismatch(f"compiled modules: {source} changed since {module} was compiled; {FIX}")
     return native

@@ -57,22 +57,22 @@ def test_a_build_of_the_sources_beside_it_starts(built: Path) -> None:
 def test_a_source_changed_after_the_build_stops_start_up_naming_it(built: Path) -> None:
     changed = _native.source_path(built, "cds_service.data._retrieve")
     changed.write_text(changed.read_text() + "\n# edited after make native\n")
-    with pytest.raises(ConfigurationError, match=r"data/_retrieve\.py changed since cds_service\.data\._retrieve "
+    with pytest.raises(_native.BuildMismatch, match=r"data/_retrieve\.py changed since cds_service\.data\._retrieve "
                                                  r"was compiled; run `make native`.*`make pure`"):
         _native.check(built, _all_compiled)
 
 
 def test_a_build_without_its_record_stops_start_up(built: Path) -> None:
     (built / _native.RECORD).unlink()
-    with pytest.raises(ConfigurationError, match=r"_native_build\.json unreadable"):
+    with pytest.raises(_native.BuildMismatch, match=r"_native_build\.json unreadable"):
         _native.check(built, _all_compiled)
     (built / _native.RECORD).write_text("{not json")
-    with pytest.raises(ConfigurationError, match=r"_native_build\.json unreadable"):
+    with pytest.raises(_native.BuildMismatch, match=r"_native_build\.json unreadable"):
         _native.check(built, _all_compiled)
 
 
 def test_a_build_compiled_in_part_stops_start_up_naming_what_runs_as_python(built: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"only some are compiled \(cds_service\.fhirpath\._truth run as Python\)"):
+    with pytest.raises(_native.BuildMismatch, match=r"only some are compiled \(cds_service\.fhirpath\._truth run as Python\)"):
         _native.check(built, lambda m: m != "cds_service.fhirpath._truth")
 
 

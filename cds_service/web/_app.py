@@ -72,7 +72,10 @@ def create_app(
     if not isinstance(settings, config.Settings):
         settings = config.load(settings)
     ops.configure_logging(settings.log_level)
-    compiled = _native.check()  # a compiled module that is not its source stops start-up
+    try:
+        compiled = _native.check()  # a compiled module that is not its source stops start-up
+    except _native.BuildMismatch as exc:
+        raise ConfigurationError(str(exc)) from None
     log.info("request path modules: " + (f"{len(compiled)} compiled" if compiled else "Python"),
              extra={"event": "native_modules", "compiled": list(compiled)})
     security_config = security.load(settings)
