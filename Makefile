@@ -74,7 +74,7 @@ check: $(VENV)/.installed
 native: $(VENV)/.installed
 	MM_CDS_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
 pure:
-	rm -f cds_service/*/*.so cds_service/*.so cds_service_native__mypyc*.so cds_service/_native_build.json
+	rm -f cds_service/*/*.so cds_service/*.so cds_service/_native_build.json
 
 validate: $(VENV)/.installed
 	$(BIN)/mm-cds validate

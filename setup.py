@@ -85,7 +85,7 @@ def _compiled() -> list[Any]:
     from mypyc.build import mypycify
 
     return mypycify([str(NATIVE["source_path"](Path("cds_service"), m)) for m in NATIVE["MODULES"]],
-                    opt_level="3", group_name="cds_service_native")
+                    opt_level="3", group_name="cds_service.native")
 
 
 setup(cmdclass={"build_py": BuildPyWithKnowledge, "build_ext": BuildExtWithRecord}, ext_modules=_compiled())

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,19 @@ from cds_service.errors import ConfigurationError
 PACKAGE = Path(cds_service.__file__).resolve().parent
 
 
+def _found_by_an_installed_process() -> tuple[str, ...]:
+    """What `mm-cds` itself imports: a process outside the checkout (-I: neither the working
+    directory nor PYTHONPATH on its path, only what the venv installed)."""
+    done = subprocess.run([sys.executable, "-I", "-c", "from cds_service import _native; print(*_native.check())"],
+                          capture_output=True, text=True, cwd=Path(sys.executable).parent, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tuple(done.stdout.split())
+
+
 def test_the_run_imports_the_build_it_was_told_to_expect() -> None:
     expected = os.environ.get("MM_CDS_EXPECT_NATIVE")
     found = _native.check()  # passes on this checkout, whichever build it holds
+    assert _found_by_an_installed_process() == found  # the command line runs what the tests run
     if expected == "1":
         assert found == _native.MODULES
         assert all(_native.compiled(m) for m in _native.MODULES)
