@@ -67,6 +67,11 @@ COMPILE = os.environ.get("MM_CDS_COMPILE", "") == "1"
 
 
 class BuildExtWithRecord(build_ext):
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if COMPILE and not self.parallel:
+            self.parallel = os.cpu_count() or 1  # one compiler per core: a module per extension
+
     def run(self) -> None:
         super().run()
         if not COMPILE:
@@ -85,7 +90,7 @@ def _compiled() -> list[Any]:
     from mypyc.build import mypycify
 
     return mypycify([str(NATIVE["source_path"](Path("cds_service"), m)) for m in NATIVE["MODULES"]],
-                    opt_level="3", group_name="cds_service.native")
+                    opt_level="3", separate=True)
 
 
 setup(cmdclass={"build_py": BuildPyWithKnowledge, "build_ext": BuildExtWithRecord}, ext_modules=_compiled())
