@@ -4,8 +4,8 @@ that a compiled module is the source it was compiled from.
 mypyc (the mypy project's compiler for type-annotated Python) turns the modules below into
 C extensions when the build is asked to: `MM_CDS_COMPILE=1` (the image's build stage,
 `make native`). A checkout runs them as Python; both run the same source, and the tests
-run against both (`make test`). Measured on workload (a) (docs/operations.md, thirteenth
-session): 17% off a call at 300 resources, 25% at 10,000, about 15% more requests a second.
+run against both (`make test`). Measured on workloads (a)-(c) (docs/operations.md, thirteenth
+session): 14-21% off a call at 300 resources, 19-28% at 10,000, 11-20% more requests a second.
 
 Why these five: they are most of the call's own Python (the FHIRPath closures, their
 three-valued logic and fused shapes, the record readers, the retriever) and they hold no
