@@ -7,11 +7,13 @@ C extensions when the build is asked to: `MM_CDS_COMPILE=1` (the image's build s
 run against both (`make test`). Measured on workloads (a)-(c) (docs/operations.md, thirteenth
 session): 14-21% off a call at 300 resources, 19-28% at 10,000, 11-20% more requests a second.
 
-Why these five: they are most of the call's own Python (the FHIRPath closures, their
-three-valued logic and fused shapes, the record readers, the retriever) and they hold no
+Why these nine: they are most of the call's own Python (the FHIRPath closures, their
+three-valued logic and fused shapes, the record readers and result readings, the unit
+map, the retriever, the medication resolver, the value sets' look-ups) and they hold no
 class or function that the benchmark or the tests replace at run time (a compiled module's
 own calls do not see a replacement). The evaluator's entry (fhirpath/_expression.py) and
-the data assembly are patched by bench/floor.py and are left as Python.
+the data assembly are patched by bench/floor.py and are left as Python; the engine's
+modules, compiled, crash the interpreter as their package is imported.
 
 The build writes RECORD beside this file: each compiled module's source hash. Python
 prefers an extension module to the source beside it, so a checkout edited after
@@ -38,6 +40,10 @@ MODULES = (
     "cds_service.fhirpath._fused",
     "cds_service.fhirpath._resources",
     "cds_service.data._retrieve",
+    "cds_service.knowledge._terminology",
+    "cds_service.data._medications",
+    "cds_service.fhirpath._results",
+    "cds_service.fhirpath._unit_map",
 )
 RECORD = "_native_build.json"
 FIX = "run `make native` to compile them again, or `make pure` to run the source"
