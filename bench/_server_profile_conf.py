@@ -60,7 +60,7 @@ def post_fork(server, worker) -> None:  # noqa: F811 (the wrappers, then the pro
     hooks.read_json = _timed("request body read + parsed", hooks.read_json)
     hooks.call_keys = _timed("keyed hashes of the call", hooks.call_keys)
     hooks.jsonio.response = _timed("response serialised", hooks.jsonio.response)
-    lookup.History._query = _timed("suppression look-up (its thread)", lookup.History._query)
+    lookup.History._query = _timed("suppression look-up (SQLite: the request thread)", lookup.History._query)
     logs.JsonFormatter.format = _timed("log lines formatted", logs.JsonFormatter.format)
     worker.handle = _timed("gunicorn handle (whole request)", worker.handle)
 

@@ -4,8 +4,8 @@ patient-view call makes, against a database holding many patients' cards and fee
     .venv/bin/python bench/suppression.py [--patients 2000] [--calls 2000] [--postgres]
 
 --postgres starts a throwaway PostgreSQL cluster (tests/support/postgres.py; needs its
-binaries). Prints the median and p95 of the look-up (History.rows, its thread hand-off
-included) in milliseconds.
+binaries). Prints the median and p95 of the look-up (History.rows: on the calling thread for
+SQLite, with the hand-off to its pool's thread for PostgreSQL) in milliseconds.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def fill(db, patients: int) -> list[str]:
 
 
 def measure(db, patient_keys: list[str], calls: int) -> tuple[float, float, int]:
-    history = feedback.History(db, timeout=5.0)
+    history = feedback.history_for(db, timeout=5.0)
     since = NOW - dt.timedelta(days=180)
     history.rows(patient_keys[0], since, None, CODES)  # connect once
     times = []

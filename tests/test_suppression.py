@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sqlite3
+import threading
 import time
 import uuid
 
@@ -15,6 +17,8 @@ import pytest
 
 from cds_service import create_app, feedback, web
 from cds_service.engine import EXPLAIN_KEY
+from cds_service.errors import StoreUnavailable
+from cds_service.feedback import _db as feedback_db
 from cds_service.feedback._db import MIGRATIONS
 from cds_service.scenarios import RECOMMENDATIONS_KEY, find
 from cds_service.service import SUPPRESSION_UNAVAILABLE, scenario_request
@@ -220,7 +224,7 @@ def test_a_slow_store_fails_open_within_the_timeout(backend, make_app):
     clock = Clock(patient.now)
     app = make_app(backend, clock)
     chart_call(app, patient)
-    web.state_of(app).history = feedback.History(_StuckDatabase(), 0.05)  # type: ignore[arg-type]
+    web.state_of(app).history = feedback.PooledHistory(_StuckDatabase(), 0.05)  # type: ignore[arg-type]
     clock.moment = patient.now + 3 * HOUR
     started = time.perf_counter()
     cards, trace = chart_call(app, patient)
@@ -231,6 +235,75 @@ def test_a_slow_store_fails_open_within_the_timeout(backend, make_app):
     cards, trace = chart_call(app, patient)  # the pool's threads are stuck: fails open at once
     assert "MON-2" in cards and trace["note"] == SUPPRESSION_UNAVAILABLE
     assert time.perf_counter() - started < 1.0
+
+
+# On SQLite the look-up runs on the request's own thread: SQLite itself holds the timeout.
+
+def test_on_sqlite_a_held_lock_fails_open_within_the_timeout_and_the_look_up_recovers(tmp_path, make_app):
+    patient = scenario("mon-2.yaml", "MON-2 fires with no serum IgG in the last 8 weeks")
+    clock = Clock(patient.now)
+    app = make_app({"data_dir": str(tmp_path / "data")}, clock)
+    assert isinstance(web.state_of(app).history, feedback.LocalHistory)  # what SQLite settings give
+    chart_call(app, patient)
+    clock.moment = patient.now + 3 * HOUR
+    store = feedback.open_database("", str(tmp_path / "held"))  # its own timeout: 10 s
+    conn = store.connect()
+    feedback_db.migrate(store, conn)
+    conn.close()
+    # An exclusive lock in exclusive locking mode: not even a WAL reader gets in, nor a new connection.
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("PRAGMA locking_mode=EXCLUSIVE")
+    blocker.execute("BEGIN EXCLUSIVE")
+    web.state_of(app).history = held = feedback.history_for(store, 0.05)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(StoreUnavailable, match="did not answer within 0.05 s"):
+            held.rows("pk", patient.now - DAY)
+        assert time.perf_counter() - started < 0.5
+        started = time.perf_counter()
+        cards, trace = chart_call(app, patient)
+        assert time.perf_counter() - started < 1.0
+        assert "MON-2" in cards and trace["note"] == SUPPRESSION_UNAVAILABLE  # R-4 would suppress it
+    finally:
+        blocker.close()
+    assert held.rows("pk", patient.now - DAY) == []  # the lock gone: it answers again
+
+
+def test_on_sqlite_a_look_up_still_running_at_its_deadline_is_interrupted(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    conn = db.connect()
+    feedback_db.migrate(db, conn)
+    cards = [feedback.CardRow(card_uuid=str(uuid.uuid4()), service_id="mm-tcell-chart", hook_instance="h", code="MON-2",
+                              plan_url="u", plan_version="1", suggestions=(), issued_at=feedback_db.timestamp(NOW),
+                              members=("MON-2",), hook="patient-view", patient_key="pk", indicator="info",
+                              member_facts=(("MON-2", "[]", "info"),)) for _ in range(20_000)]
+    with db.transaction(conn) as cur:  # a patient with a great many cards: a long look-up
+        feedback_db.insert_cards(db, cur, cards)
+    conn.close()
+    assert len(feedback.history_for(db, timeout=30.0).rows("pk", NOW - DAY)) == 20_000
+    quick = feedback.history_for(db, timeout=0.002)
+    started = time.perf_counter()
+    with pytest.raises(StoreUnavailable, match="did not answer within 0.002 s"):
+        quick.rows("pk", NOW - DAY)
+    assert time.perf_counter() - started < 0.5
+    assert quick.rows("nobody", NOW - DAY) == []  # its connection, dropped, is opened again
+
+
+def test_the_look_up_waits_on_a_pool_thread_only_for_a_database_server(tmp_path):
+    db = feedback.open_database("", str(tmp_path))
+    conn = db.connect()
+    feedback_db.migrate(db, conn)
+    conn.close()
+    before = set(threading.enumerate())
+    local = feedback.history_for(db, timeout=0.05)
+    assert isinstance(local, feedback.LocalHistory)
+    assert local.rows("pk", NOW - DAY) == []
+    assert set(threading.enumerate()) <= before  # read on this thread: no pool started
+    server = feedback.history_for(feedback.open_database("postgresql://db.invalid/cds", str(tmp_path)), timeout=0.05)
+    try:
+        assert isinstance(server, feedback.PooledHistory)  # nothing connects until the first look-up
+    finally:
+        server.close()
 
 
 # -- 2.5: order-select then order-sign --------------------------------------------------------------------

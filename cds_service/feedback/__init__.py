@@ -11,6 +11,8 @@ Public API:
     Keys(secret), service_secret(settings, production)   HMAC keys of patient, user, encounter, orders
     CallKeys                             a call's keys, stored with its cards (B-0.7)
     open_history(settings) -> History    repeat suppression's look-up (.rows), with its timeout
+    history_for(db, timeout) -> History  the same for a database: LocalHistory (SQLite, on the
+                                         calling thread) or PooledHistory (PostgreSQL, its threads)
     build_report(db), report_json(reports), report_table(reports)   the feedback report
 """
 
@@ -26,7 +28,7 @@ from cds_service.feedback._db import (
     query,
 )
 from cds_service.feedback._keys import Keys, service_secret
-from cds_service.feedback._lookup import History
+from cds_service.feedback._lookup import History, LocalHistory, PooledHistory, history_for
 from cds_service.feedback._process import ProcessWriter, open_worker_writer
 from cds_service.feedback._report import as_json as report_json
 from cds_service.feedback._report import as_table as report_table
@@ -34,7 +36,7 @@ from cds_service.feedback._report import build as build_report
 from cds_service.feedback._writer import Writer, open_history, open_writer
 
 __all__ = [
-    "SCHEMA_VERSION", "CallKeys", "History", "Keys", "open_history", "service_secret",
+    "SCHEMA_VERSION", "CallKeys", "History", "LocalHistory", "PooledHistory", "history_for", "Keys", "open_history", "service_secret",
     "CardRow", "Database", "FeedbackRow", "Writer", "build_report", "card_rows", "feedback_rows", "open_database",
     "open_worker_writer", "open_writer", "ProcessWriter", "query", "report_json", "report_table",
 ]

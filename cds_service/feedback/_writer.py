@@ -32,7 +32,7 @@ from cds_service.config import Settings
 from cds_service.errors import ConfigurationError, StoreRejected, StoreUnavailable
 from cds_service.feedback import _db as feedback_db
 from cds_service.feedback._db import CardRow, Database, FeedbackRow
-from cds_service.feedback._lookup import History
+from cds_service.feedback._lookup import History, history_for
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -230,7 +230,7 @@ class Writer(Flushing):
 def open_history(settings: Settings) -> History:
     """Repeat suppression's look-up: its own connections, bounded by suppression_timeout."""
     db = feedback_db.open_database(settings.database_url, settings.data_dir, timeout=1.0)
-    return History(db, settings.suppression_timeout)
+    return history_for(db, settings.suppression_timeout)
 
 
 def open_writer(settings: Settings, migrate: bool = True) -> Writer:

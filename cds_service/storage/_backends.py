@@ -21,7 +21,9 @@ class Database(Protocol):
 
     name: str
 
-    def connect(self) -> Any: ...
+    def connect(self, timeout: float | None = None) -> Any:
+        """A new connection; `timeout`: seconds to wait for a lock or the server (default: the database's)."""
+        ...
 
     def sql(self, text: str) -> str: ...
 
@@ -40,11 +42,12 @@ class SqliteDatabase:
         self.timeout = timeout
         self.durable = durable
 
-    def connect(self) -> sqlite3.Connection:
+    def connect(self, timeout: float | None = None) -> sqlite3.Connection:
         # isolation_level None: we issue BEGIN IMMEDIATE ourselves (DDL included);
         # WAL lets the report read while a replica writes; FULL sync: a 200 means on disk.
         # durable=False (NORMAL): survives a crash of the process, not of the machine.
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=self.timeout if timeout is None else timeout,
+                               isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL" if self.durable else "PRAGMA synchronous=NORMAL")
         return conn
@@ -80,12 +83,13 @@ class PostgresDatabase:
         self.url = url
         self.timeout = timeout
 
-    def connect(self) -> Any:
+    def connect(self, timeout: float | None = None) -> Any:
         import psycopg  # only needed when PostgreSQL is configured
 
-        conn = psycopg.connect(self.url, connect_timeout=max(1, round(self.timeout)))
+        timeout = self.timeout if timeout is None else timeout
+        conn = psycopg.connect(self.url, connect_timeout=max(1, round(timeout)))
         # A statement that waits (a lock, a stalled server) ends at the same bound.
-        conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
+        conn.execute(f"SET statement_timeout = {max(1, int(timeout * 1000))}")
         conn.commit()
         return conn
 
