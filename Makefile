@@ -1,8 +1,8 @@
 # make serve   run the service on 127.0.0.1:8080 with the bundled artifacts
 # make test    run the whole test suite (what CI runs): make lint, then every test, on every
 #              core (pytest-xdist; PYTEST_WORKERS=1 runs it in one process; docs/testing.md),
-#              then the quick loop again on the compiled modules (make native), leaving the
-#              checkout as Python (make pure)
+#              then the quick loop and the tests marked native again on the compiled modules
+#              (make native), leaving the checkout as Python (make pure)
 # make native  compile the request path's hottest modules with mypyc, as the image does
 #              (cds_service/_native.py; needs a C compiler); make pure removes them
 # make lint    ruff, mypy and the import-linter contracts (the layers)
@@ -51,13 +51,15 @@ PYTEST_WORKERS ?= auto
 PYTEST_PARALLEL = $(if $(filter 1,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 QUICK := -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
+# The compiled pass: the quick loop and the slow and fuzz tests marked native (pyproject.toml).
+NATIVE := -m "(native or (not slow and not fuzz)) and not gunicorn and not browser and not postgres and not nginx"
 
 # MM_CDS_EXPECT_NATIVE tells tests/test_native.py which build it must find.
 test: lint
 	$(MAKE) --no-print-directory pure
 	MM_CDS_EXPECT_NATIVE=0 $(BIN)/python -m pytest $(PYTEST_PARALLEL)
 	$(MAKE) --no-print-directory native
-	MM_CDS_EXPECT_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(QUICK)
+	MM_CDS_EXPECT_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(NATIVE)
 	$(MAKE) --no-print-directory pure
 
 lint: $(VENV)/.installed

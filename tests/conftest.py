@@ -223,6 +223,7 @@ class ScenarioItem(pytest.Item):
         self.scenario, self.mode = scenario, mode
         if mode == "fetch":  # the prefetch run stays in `make check`; fetching from the FHIR server is slow
             self.add_marker(pytest.mark.slow)
+            self.add_marker(pytest.mark.native)  # the compiled fetch layer reads the server's answers
 
     def runtest(self) -> None:
         h = harness(self.config)

@@ -96,6 +96,7 @@ def trickle_headers(conn: socket.socket) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.native
 @pytest.mark.parametrize("handler", [trickle_body, trickle_headers], ids=["body", "headers"])
 def test_a_trickling_server_is_cut_at_the_deadline_and_the_threads_are_free_at_once(kb, handler):
     # Enough fetch threads for one call's keys and a few more, not for two calls' keys:
@@ -130,6 +131,7 @@ def test_a_trickling_server_is_cut_at_the_deadline_and_the_threads_are_free_at_o
 
 
 @pytest.mark.slow
+@pytest.mark.native
 @pytest.mark.alone  # nine whole calls at once, each within the 1 s deadline: fails with one core busy (conftest)
 def test_many_timed_out_calls_do_not_starve_the_calls_after_them(kb):
     """Nine trickled calls at once, then nine good calls at once: all good ones answer 200."""

@@ -88,6 +88,7 @@ def test_every_described_operation_survives_schema_driven_fuzzing(fuzz_app):
                 raise AssertionError(f"{operation.label} ({mode.value}): {type(exc).__name__}") from exc
 
 
+@pytest.mark.native  # mutated charts reach the compiled FHIRPath closures, readers and resolver
 def test_mutated_scenario_requests_and_charts_never_crash_the_service(fuzz_app):
     app, transport = fuzz_app
     client = app.test_client()

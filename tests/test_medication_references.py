@@ -94,6 +94,7 @@ def run_all(live: Harness, form: str, mode: str) -> tuple[int, int, list[str], l
 
 
 @pytest.mark.slow
+@pytest.mark.native  # the compiled medication resolver and fetch layer, on every form
 # inline + fetch is every scenario as written, fetched: tests/scenarios already runs exactly
 # that (the scenario collector's fetch mode), so the matrix does not repeat it (30 s).
 @pytest.mark.parametrize("form, mode", [(form, mode) for form in FORMS for mode in ("prefetch", "fetch")

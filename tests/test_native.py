@@ -2,8 +2,8 @@
 run finds the build it was told to expect, and start-up refuses a compiled module whose
 source has changed, a build record that is missing, or a build compiled only in part.
 
-`make test` runs the suite on the source (MM_CDS_EXPECT_NATIVE=0), then the quick loop on
-the compiled modules (MM_CDS_EXPECT_NATIVE=1)."""
+`make test` runs the suite on the source (MM_CDS_EXPECT_NATIVE=0), then the quick loop and
+the tests marked native on the compiled modules (MM_CDS_EXPECT_NATIVE=1)."""
 
 from __future__ import annotations
 
