@@ -57,7 +57,8 @@ def post_fork(server, worker) -> None:  # noqa: F811 (the wrappers, then the pro
     import cds_service.web._hooks as hooks
 
     hooks.call = _timed("service.call()", hooks.call)
-    hooks.read_json = _timed("request body read + parsed", hooks.read_json)
+    hooks.read_body = _timed("request body read", hooks.read_body)
+    hooks.parse_body = _timed("request body parsed", hooks.parse_body)
     hooks.call_keys = _timed("keyed hashes of the call", hooks.call_keys)
     hooks.jsonio.response = _timed("response serialised", hooks.jsonio.response)
     lookup.History._query = _timed("suppression look-up (SQLite: the request thread)", lookup.History._query)

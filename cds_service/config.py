@@ -74,6 +74,9 @@ class Settings:
     explain_enabled: bool = False
     cors_origins: tuple[str, ...] = ("*",)
     max_request_bytes: int = 5 * 1024 * 1024
+    # Hook calls with a body this large or larger are parsed and evaluated one at a time per
+    # process (web/_large.py: a worker's memory); 0: no limit.
+    large_request_bytes: int = 256 * 1024
     log_level: str = "INFO"
     # gunicorn (mm-cds serve --prod); see cds_service/gunicorn_conf.py for why these defaults
     workers: int = 0  # 0: one per core, plus one

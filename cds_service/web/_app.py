@@ -28,6 +28,7 @@ from cds_service.web import (
     _reload,
     _ui,
 )
+from cds_service.web._large import LargeCalls
 from cds_service.web._state import Clock, State, install
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def create_app(
     if settings.fetch_merge_max_chars < 0:
         raise ConfigurationError("setting fetch_merge_max_chars (MM_CDS_FETCH_MERGE_MAX_CHARS): must be 0 (one search "
                                  "per key) or more")
+    if settings.large_request_bytes < 0:
+        raise ConfigurationError("setting large_request_bytes (MM_CDS_LARGE_REQUEST_BYTES): must be 0 (no limit) or more")
     writer = open_writer(settings)
     history = feedback.open_history(settings)
     atexit.register(writer.close)  # queued card records and feedback reach the database
@@ -116,6 +119,7 @@ def create_app(
         feedback=writer,
         keys=feedback.Keys(secret),
         history=history,
+        large_calls=LargeCalls(settings.large_request_bytes),
     ))
     CORS(
         app,

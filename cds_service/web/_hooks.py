@@ -16,7 +16,7 @@ from cds_service.service import Repeat, call
 from cds_service.web import _jsonio as jsonio
 from cds_service.web._auth import caller, may_explain
 from cds_service.web._request import record
-from cds_service.web._state import state
+from cds_service.web._state import State, state
 
 bp = Blueprint("cds_hooks", __name__)
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -50,8 +50,16 @@ def discovery() -> Response:
 
 
 def read_json() -> Any:
+    return parse_body(read_body())
+
+
+def read_body() -> bytes:
     raw = request.get_data(cache=False)
     _refuse_truncated(raw)
+    return raw
+
+
+def parse_body(raw: bytes) -> Any:
     try:
         return jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -80,8 +88,13 @@ def _explain_requested() -> bool:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     current = state()
+    raw = read_body()
+    with current.large_calls.admit(len(raw)):  # a large body: after this worker's other large calls
+        return _answer(current, service_id, parse_body(raw))
+
+
+def _answer(current: State, service_id: str, body: Any) -> Response:
     kb = current.kb  # read once: a reload swaps State.kb, this call keeps the one it started with
-    body = read_json()
     hook = body.get("hook") if isinstance(body, dict) else None
     service = kb.service_for(service_id, hook)
     if service is None:

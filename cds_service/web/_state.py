@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 
@@ -14,6 +14,7 @@ from cds_service.data import FetchSettings
 from cds_service.feedback import History, Keys, Writer
 from cds_service.knowledge import KnowledgeBase
 from cds_service.web._guard import Guard
+from cds_service.web._large import LargeCalls
 
 Clock = Callable[[], dt.datetime]
 
@@ -34,6 +35,7 @@ class State:
     master_pid: int | None = None  # set in a gunicorn master: workers signal it to reload
     openapi_json: str = ""  # the served description, built once at start-up
     openapi_yaml: str = ""
+    large_calls: LargeCalls = field(default_factory=lambda: LargeCalls(0))  # large bodies one at a time
 
 
 _KEY = "mm_cds"
