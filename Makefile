@@ -50,9 +50,11 @@ serve-proxy: $(VENV)/.installed
 PYTEST_WORKERS ?= auto
 PYTEST_PARALLEL = $(if $(filter 1,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-QUICK := -m "not slow and not gunicorn and not browser and not postgres and not fuzz and not nginx"
+# Tests that need a real server, a browser or a database: only in make test's first pass.
+COMPONENTS := not gunicorn and not browser and not postgres and not nginx
+QUICK := -m "not slow and not fuzz and $(COMPONENTS)"
 # The compiled pass: the quick loop and the slow and fuzz tests marked native (pyproject.toml).
-NATIVE := -m "(native or (not slow and not fuzz)) and not gunicorn and not browser and not postgres and not nginx"
+NATIVE := -m "(native or (not slow and not fuzz)) and $(COMPONENTS)"
 
 # MM_CDS_EXPECT_NATIVE tells tests/test_native.py which build it must find.
 test: lint

@@ -118,8 +118,8 @@ class LocalHistory(History):
         try:
             return self._query(patient_key, since, user_key, codes, hook, encounter_key)
         except sqlite3.OperationalError as exc:
-            # "interrupted": the deadline passed; "database is locked": the busy timeout did
-            late = "interrupted" in str(exc) or "locked" in str(exc)
+            # SQLITE_INTERRUPT: the deadline passed; SQLITE_BUSY / SQLITE_LOCKED: the busy timeout did
+            late = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_INTERRUPT", "SQLITE_BUSY", "SQLITE_LOCKED"))
             raise StoreUnavailable(self._late() if late else "suppression store failed: OperationalError") from None
         except Exception as exc:
             raise StoreUnavailable(f"suppression store failed: {type(exc).__name__}") from None
